@@ -1,0 +1,3 @@
+from moatmeter.cli import main
+
+main()

@@ -1,0 +1,180 @@
+"""Load the bundled catalog and overlay a user catalog directory on it, with one-line errors."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from moatmeter.catalog.schema import Accelerator, CostParameter, ModelEntry, Stack
+from moatmeter.errors import CatalogError
+
+KINDS: dict[str, type[BaseModel]] = {
+    "accelerators": Accelerator,
+    "models": ModelEntry,
+    "stacks": Stack,
+    "costs": CostParameter,
+}
+ENV_VAR = "MOATMETER_CATALOG"
+T = TypeVar("T", bound=BaseModel)
+
+
+def bundled_dir() -> Path:
+    return Path(str(resources.files("moatmeter.catalog") / "data"))
+
+
+@dataclass
+class Catalog:
+    accelerators: dict[str, Accelerator] = field(default_factory=dict)
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+    stacks: dict[str, Stack] = field(default_factory=dict)
+    costs: dict[str, CostParameter] = field(default_factory=dict)
+    # (kind, id) -> file the entry came from, so errors and `catalog show` can name it.
+    origin: dict[tuple[str, str], str] = field(default_factory=dict)
+    user_dir: Path | None = None
+
+    def table(self, kind: str) -> dict[str, Any]:
+        if kind not in KINDS:
+            raise CatalogError(f"unknown catalog kind '{kind}' (known: {', '.join(KINDS)})")
+        return getattr(self, kind)
+
+    def find(self, entry_id: str) -> tuple[str, BaseModel]:
+        for kind in KINDS:
+            if entry_id in self.table(kind):
+                return kind, self.table(kind)[entry_id]
+        raise CatalogError(f"no catalog entry with id '{entry_id}'")
+
+    def get(self, kind: str, entry_id: str) -> Any:
+        table = self.table(kind)
+        if entry_id not in table:
+            near = ", ".join(sorted(k for k in table if entry_id.lower() in k)[:5])
+            hint = f" (did you mean: {near})" if near else f" (see `moatmeter catalog list {kind}`)"
+            raise CatalogError(f"unknown {kind[:-1]} id '{entry_id}'{hint}")
+        return table[entry_id]
+
+    def accelerator(self, entry_id: str) -> Accelerator:
+        return self.get("accelerators", entry_id)
+
+    def model(self, entry_id: str) -> ModelEntry:
+        return self.get("models", entry_id)
+
+    def stack(self, entry_id: str) -> Stack:
+        return self.get("stacks", entry_id)
+
+    def cost(self, entry_id: str) -> CostParameter:
+        return self.get("costs", entry_id)
+
+
+def _first_error(err: ValidationError) -> tuple[str, str]:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+    msg = e["msg"]
+    if e["type"] == "missing":
+        msg = "required field is missing"
+    elif e["type"] == "extra_forbidden":
+        msg = "unknown field"
+    msg = msg.removeprefix("Value error, ")
+    return loc, msg
+
+
+def read_yaml(path: Path) -> Any:
+    """Safe-load a YAML file, turning every failure into a one-line error naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError(f"cannot read file: {exc.strerror}", file=str(path)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise CatalogError(f"bad YAML{where}: {problem}", file=str(path)) from None
+
+
+def parse_entries(kind: str, raw: Any, path: Path) -> list[BaseModel]:
+    """Validate a list of raw entries of one kind; duplicate ids within a file are errors."""
+    cls = KINDS[kind]
+    if raw is None:
+        return []
+    if isinstance(raw, dict) and kind in raw:
+        raw = raw[kind]
+    if not isinstance(raw, list):
+        raise CatalogError(f"expected a list of {kind} entries", file=str(path))
+    out: list[BaseModel] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise CatalogError("entry is not a mapping", file=str(path), entry=f"#{i + 1}")
+        entry_id = str(item.get("id", f"#{i + 1}"))
+        try:
+            obj = cls.model_validate(item)
+        except ValidationError as exc:
+            loc, msg = _first_error(exc)
+            raise CatalogError(msg, file=str(path), entry=entry_id, field=loc) from None
+        if obj.id in seen:  # type: ignore[attr-defined]
+            raise CatalogError("duplicate id in the same file", file=str(path), entry=entry_id,
+                               field="id")
+        seen.add(obj.id)  # type: ignore[attr-defined]
+        out.append(obj)
+    return out
+
+
+def _load_dir(cat: Catalog, directory: Path, *, require: bool) -> None:
+    for kind in KINDS:
+        path = directory / f"{kind}.yaml"
+        if not path.exists():
+            if require:
+                raise CatalogError(f"bundled catalog file missing: {path}")
+            continue
+        for obj in parse_entries(kind, read_yaml(path), path):
+            cat.table(kind)[obj.id] = obj  # type: ignore[attr-defined]
+            cat.origin[(kind, obj.id)] = str(path)  # type: ignore[attr-defined]
+    _check_models(cat, directory)
+
+
+def _check_models(cat: Catalog, directory: Path) -> None:
+    """Derived model totals must compute; a config missing a field is caught at load time."""
+    from moatmeter.catalog.modelarch import arch_of
+
+    for mid, m in cat.models.items():
+        if cat.origin.get(("models", mid), "").startswith(str(directory)):
+            arch_of(m, file=cat.origin[("models", mid)])
+
+
+def resolve_user_dir(user_dir: str | Path | None) -> Path | None:
+    if user_dir is None:
+        env = os.environ.get(ENV_VAR)
+        user_dir = env if env else None
+    if user_dir is None:
+        return None
+    p = Path(user_dir).expanduser()
+    if not p.is_dir():
+        raise CatalogError(f"catalog directory does not exist: {p}")
+    return p
+
+
+def load_catalog(user_dir: str | Path | None = None) -> Catalog:
+    """The bundled catalog, overlaid with ``user_dir`` (or $MOATMETER_CATALOG): same id replaces."""
+    cat = Catalog()
+    _load_dir(cat, bundled_dir(), require=True)
+    udir = resolve_user_dir(user_dir)
+    if udir is not None:
+        cat.user_dir = udir
+        _load_dir(cat, udir, require=False)
+    return cat
+
+
+def validate_dir(directory: str | Path) -> dict[str, int]:
+    """Validate one catalog directory on its own (used by `catalog validate`)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise CatalogError(f"catalog directory does not exist: {d}")
+    cat = Catalog()
+    _load_dir(cat, d, require=False)
+    return {k: len(cat.table(k)) for k in KINDS}

@@ -1,0 +1,48 @@
+"""The `moatmeter` command. Each command group lives in its own module and registers itself here."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from moatmeter.cli import bench_device_cmds, bench_serve_cmds, catalog_cmds, perf_cmds, plan_cmds
+from moatmeter.cli.common import err_console
+from moatmeter.errors import MoatError
+
+app = typer.Typer(
+    name="moatmeter",
+    help=(
+        "Which accelerators and which software stack should we buy to serve our LLMs, and what "
+        "will it really cost?  Predict serving performance, measure it on your own hardware, and "
+        "price total cost of ownership with lock-in included, fully offline.\n\n"
+        "Example:  moatmeter plan examples/sovereign-bank-70b.yaml --report report.html"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+bench_app = typer.Typer(
+    help="Measure your own hardware and servers; results go to a SQLite store.\n\n"
+    "Example:  moatmeter bench serve --url http://127.0.0.1:8000 --model m --requests 100",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+
+catalog_cmds.register(app)
+perf_cmds.register(app)
+plan_cmds.register(app)
+bench_serve_cmds.register(app, bench_app)
+bench_device_cmds.register(app, bench_app)
+
+
+def main() -> None:
+    try:
+        app()
+    except MoatError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

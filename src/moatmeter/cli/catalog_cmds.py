@@ -1,0 +1,195 @@
+"""`moatmeter catalog …`: list, show, validate and extend the cited catalog."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.table import Table
+
+from moatmeter.catalog.load import KINDS, resolve_user_dir, validate_dir
+from moatmeter.catalog.modelarch import arch_from_config, arch_of
+from moatmeter.cli.common import CatalogOpt, JsonOpt, console, get_catalog, print_json
+from moatmeter.errors import CatalogError, InputError
+
+catalog_app = typer.Typer(
+    help="The cited catalog: accelerators, models, software stacks and cost parameters.\n\n"
+    "Example:  moatmeter catalog list accelerators --json",
+    no_args_is_help=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(catalog_app, name="catalog")
+
+
+def _srcs(e: Any) -> str:
+    return "; ".join(f"{s.ref} ({s.date})" for s in e.sources)
+
+
+def entry_record(kind: str, e: Any) -> dict[str, Any]:
+    """The JSON form of an entry; models gain their derived totals."""
+    rec = e.model_dump(mode="json")
+    if kind == "models":
+        a = arch_of(e)
+        rec["total_params"] = a.total_params
+        rec["active_params"] = a.active_params
+        rec["kv_bytes_per_token"] = {d: a.kv_bytes_per_token(d) for d in ("bf16", "fp8")}
+        rec["architecture"] = {
+            "layers": a.layers, "hidden": a.hidden, "heads": a.heads, "kv_heads": a.kv_heads,
+            "head_dim": a.head_dim, "moe_experts": a.n_experts,
+            "experts_per_token": a.experts_per_token, "mla": a.is_mla,
+            "sliding_window": a.sliding_window,
+        }
+    return rec
+
+
+def _fmt(v: float | None, nd: int = 0) -> str:
+    return "" if v is None else f"{v:,.{nd}f}"
+
+
+@catalog_app.command("list")
+def list_cmd(
+    kind: Annotated[str, typer.Argument(help="accelerators, models, stacks or costs")],
+    json_out: JsonOpt = False,
+    catalog: CatalogOpt = None,
+) -> None:
+    """List the entries of one kind with their key figures and sources.
+
+    Example:  moatmeter catalog list models --json
+    """
+    if kind not in KINDS:
+        raise InputError(f"unknown kind '{kind}' (choose from: {', '.join(KINDS)})")
+    cat = get_catalog(catalog)
+    entries = list(cat.table(kind).values())
+    if json_out:
+        print_json([entry_record(kind, e) for e in entries])
+        return
+    t = Table(title=f"{kind} ({len(entries)})", show_lines=False)
+    if kind == "accelerators":
+        for c in ("id", "vendor", "family", "form", "mem GB", "BW GB/s", "bf16 TF", "fp8 TF",
+                  "TDP W", "price $", "conf."):
+            t.add_column(c)
+        for e in entries:
+            t.add_row(e.id, e.vendor, e.family, e.form_factor, _fmt(e.memory_gb),
+                      _fmt(e.memory_bw_gbs), _fmt(e.peak_tflops.get("bf16")),
+                      _fmt(e.peak_tflops.get("fp8")), _fmt(e.tdp_w), _fmt(e.price_usd),
+                      e.confidence)
+    elif kind == "models":
+        for c in ("id", "hf_id", "total B", "active B", "layers", "kv heads", "KV kB/tok bf16"):
+            t.add_column(c)
+        for e in entries:
+            a = arch_of(e)
+            t.add_row(e.id, e.hf_id, f"{a.total_params / 1e9:.2f}", f"{a.active_params / 1e9:.2f}",
+                      str(a.layers), str(a.kv_heads), f"{a.kv_bytes_per_token('bf16') / 1e3:.1f}")
+    elif kind == "stacks":
+        for c in ("id", "engine", "backend", "maturity", "families", "weights", "TP", "spec."):
+            t.add_column(c)
+        for e in entries:
+            t.add_row(e.id, e.engine, e.backend, e.maturity, ", ".join(sorted(e.families())),
+                      ", ".join(e.weight_dtypes), e.features["tensor_parallel"].level,
+                      e.features["speculative_decoding"].level)
+    else:
+        for c in ("id", "value", "unit", "low", "high", "source"):
+            t.add_column(c)
+        for e in entries:
+            t.add_row(e.id, f"{e.value:g}", e.unit, f"{e.low:g}", f"{e.high:g}",
+                      _srcs(e)[:60])
+    console.print(t)
+
+
+@catalog_app.command("show")
+def show_cmd(
+    entry_id: Annotated[str, typer.Argument(help="id of any catalog entry")],
+    json_out: JsonOpt = False,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Show one entry in full, with every source and the file it came from.
+
+    Example:  moatmeter catalog show h100-sxm
+    """
+    cat = get_catalog(catalog)
+    kind, e = cat.find(entry_id)
+    rec = entry_record(kind, e)
+    if json_out:
+        print_json(rec)
+        return
+    console.print(f"[bold]{entry_id}[/] ({kind[:-1]}, from {cat.origin[(kind, entry_id)]})")
+    console.print(yaml.safe_dump(rec, sort_keys=False, allow_unicode=True, width=100))
+
+
+@catalog_app.command("validate")
+def validate_cmd(
+    directory: Annotated[
+        Path | None, typer.Argument(help="catalog directory; default: the bundled catalog")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check a catalog directory (schema, units, ranges, duplicate ids, model configs).
+
+    Example:  moatmeter catalog validate ~/my-catalog
+    """
+    from moatmeter.catalog.load import bundled_dir
+
+    counts = validate_dir(directory or bundled_dir())
+    if json_out:
+        print_json({"ok": True, "counts": counts})
+    else:
+        console.print("catalog OK: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
+@catalog_app.command("import-hf")
+def import_hf_cmd(
+    config_json: Annotated[Path, typer.Argument(help="path to a Hugging Face config.json")],
+    model_id: Annotated[str | None, typer.Option("--id", help="catalog id (default: folder name)")]
+    = None,
+    hf_id: Annotated[str | None, typer.Option("--hf-id", help="Hugging Face repo id")] = None,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Add a model from a local config.json to the user catalog (offline).
+
+    Writes to models.yaml in --catalog / $MOATMETER_CATALOG (created if needed).
+
+    Example:  moatmeter catalog import-hf ./Llama-3.1-8B/config.json --catalog ~/my-catalog
+    """
+    udir = catalog
+    if udir is None:
+        udir = resolve_user_dir(None)
+    if udir is None:
+        raise InputError("name a user catalog directory with --catalog DIR or $MOATMETER_CATALOG")
+    udir = Path(udir)
+    udir.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg = json.loads(config_json.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", file=str(config_json)) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"bad JSON at line {exc.lineno}: {exc.msg}", file=str(config_json)) from None
+    if not isinstance(cfg, dict):
+        raise InputError("expected a JSON object", file=str(config_json))
+    mid = (model_id or config_json.resolve().parent.name).lower().replace(" ", "-")
+    arch = arch_from_config(cfg, name=mid, file=str(config_json))
+    entry = {
+        "id": mid,
+        "hf_id": hf_id or str(cfg.get("_name_or_path") or mid),
+        "sources": [{"ref": f"local file {config_json.resolve()}",
+                     "date": dt.date.today().isoformat()}],
+        "config": cfg,
+    }
+    path = udir / "models.yaml"
+    existing: list[Any] = []
+    if path.exists():
+        from moatmeter.catalog.load import read_yaml
+
+        existing = read_yaml(path) or []
+        if not isinstance(existing, list):
+            raise CatalogError("expected a list of models entries", file=str(path))
+    existing = [e for e in existing if not (isinstance(e, dict) and e.get("id") == mid)]
+    existing.append(entry)
+    path.write_text(yaml.safe_dump(existing, sort_keys=False), encoding="utf-8")
+    console.print(f"added model [bold]{mid}[/] ({arch.total_params / 1e9:.2f} B params, "
+                  f"{arch.active_params / 1e9:.2f} B active) to {path}")

@@ -1,0 +1,53 @@
+"""Shared CLI plumbing: catalog option, JSON printing, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from moatmeter.catalog.load import Catalog, load_catalog
+
+console = Console()
+err_console = Console(stderr=True)
+
+CatalogOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--catalog",
+        envvar="MOATMETER_CATALOG",
+        help="User catalog directory whose YAML files add or override bundled entries.",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+_cache: dict[str, Catalog] = {}
+
+
+def get_catalog(user_dir: Path | None = None) -> Catalog:
+    key = str(user_dir)
+    if key not in _cache:
+        _cache[key] = load_catalog(user_dir)
+    return _cache[key]
+
+
+def _clean(obj: Any) -> Any:
+    """NaN/inf are not JSON: emit null so every consumer can parse the output."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
+        return _clean(obj.item())
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(_clean(obj), indent=2, default=str))
