@@ -29,13 +29,19 @@ and the right figure for FLOPs and weight reads per token.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+from pydantic import ValidationError
 
 from moatmeter.catalog.schema import ModelEntry
-from moatmeter.errors import CatalogError
+from moatmeter.errors import CatalogError, InputError
 
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5,
                "fp4": 0.5}
@@ -370,3 +376,90 @@ def _native_bytes(raw: dict[str, Any], c: _Cfg, total: int, routed_all: int, n_m
         linear = total - keep
         return "fp8", linear * (1.0 + FP8_BLOCK_SCALE_BYTES / per_block) + keep * 2.0
     return base, total * bb
+
+
+# ----------------------------------------------------------------------------- import-hf (edge)
+
+_BAD_ID_CHARS = re.compile(r"[^a-z0-9._+-]+")
+
+
+def read_hf_config(path: str | Path) -> dict[str, Any]:
+    """Read a local config.json (or a model folder holding one) into a dict, offline."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror or exc}", file=str(p)) from None
+    except UnicodeDecodeError:
+        raise InputError("not a text file (expected a JSON config.json)", file=str(p)) from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+                         file=str(p)) from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"expected a JSON object of config fields, got {type(cfg).__name__}",
+                         file=str(p))
+    return cfg
+
+
+def model_id_for(path: str | Path, model_id: str | None = None) -> str:
+    """A valid catalog id from ``--id`` or the model folder (``Llama-3.1-8B`` -> llama-3.1-8b)."""
+    p = Path(path).resolve()
+    raw = model_id or (p.name if p.is_dir() else p.parent.name) or "model"
+    mid = _BAD_ID_CHARS.sub("-", raw.strip().lower()).strip("-._+")
+    if not mid:
+        raise InputError(f"cannot make a catalog id from '{raw}'; pass --id")
+    return mid
+
+
+def entry_from_hf_config(cfg: dict[str, Any], *, model_id: str, source: str, date: str,
+                         hf_id: str | None = None, file: str | None = None) -> ModelEntry:
+    """A validated catalog model entry for a config; derivation errors name ``config.<field>``."""
+    arch_from_config(cfg, name=model_id, file=file)
+    raw = {"id": model_id, "hf_id": hf_id or str(cfg.get("_name_or_path") or model_id),
+           "sources": [{"ref": source, "date": date}], "config": cfg}
+    try:
+        return ModelEntry.model_validate(raw)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        loc = ".".join(str(x) for x in e["loc"])
+        raise CatalogError(e["msg"], file=file, entry=model_id, field=loc) from None
+
+
+def add_model_to_dir(entry: ModelEntry, catalog_dir: str | Path) -> Path:
+    """Add or replace ``entry`` in ``catalog_dir/models.yaml`` (created if needed)."""
+    from moatmeter.catalog.load import read_yaml
+
+    d = Path(catalog_dir)
+    if d.exists() and not d.is_dir():
+        raise InputError(f"catalog directory is a file: {d}")
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "models.yaml"
+    existing: Any = read_yaml(path) if path.exists() else None
+    if isinstance(existing, dict) and "models" in existing:
+        existing = existing["models"]
+    if existing is None:
+        existing = []
+    if not isinstance(existing, list):
+        raise CatalogError("expected a list of models entries", file=str(path))
+    keep = [e for e in existing if not (isinstance(e, dict) and e.get("id") == entry.id)]
+    keep.append(entry.model_dump(mode="json", exclude_defaults=True))
+    path.write_text(yaml.safe_dump(keep, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def import_hf(config_path: str | Path, catalog_dir: str | Path, *, model_id: str | None = None,
+              hf_id: str | None = None, today: str | None = None) -> tuple[ModelEntry, ModelArch]:
+    """Python API of ``moatmeter catalog import-hf``: read, derive, validate, write."""
+    p = Path(config_path)
+    cfg_file = p / "config.json" if p.is_dir() else p
+    cfg = read_hf_config(cfg_file)
+    mid = model_id_for(p, model_id)
+    day = today or dt.date.today().isoformat()
+    entry = entry_from_hf_config(cfg, model_id=mid, hf_id=hf_id, date=day, file=str(cfg_file),
+                                 source=f"local file {cfg_file.resolve()}")
+    add_model_to_dir(entry, catalog_dir)
+    return entry, arch_of(entry, file=str(cfg_file))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,9 +10,9 @@ import yaml
 from rich.table import Table
 
 from moatmeter.catalog.load import KINDS, resolve_user_dir, validate_dir
-from moatmeter.catalog.modelarch import arch_from_config, arch_of
+from moatmeter.catalog.modelarch import arch_of
 from moatmeter.cli.common import CatalogOpt, JsonOpt, console, get_catalog, print_json
-from moatmeter.errors import CatalogError, InputError
+from moatmeter.errors import InputError
 
 catalog_app = typer.Typer(
     help="The cited catalog: accelerators, models, software stacks and cost parameters.\n\n"
@@ -144,52 +142,35 @@ def validate_cmd(
 
 @catalog_app.command("import-hf")
 def import_hf_cmd(
-    config_json: Annotated[Path, typer.Argument(help="path to a Hugging Face config.json")],
-    model_id: Annotated[str | None, typer.Option("--id", help="catalog id (default: folder name)")]
-    = None,
+    config_json: Annotated[
+        Path, typer.Argument(help="a Hugging Face config.json, or the model folder holding it")
+    ],
+    model_id: Annotated[
+        str | None, typer.Option("--id", help="catalog id (default: the folder name, lowercased)")
+    ] = None,
     hf_id: Annotated[str | None, typer.Option("--hf-id", help="Hugging Face repo id")] = None,
+    json_out: JsonOpt = False,
     catalog: CatalogOpt = None,
 ) -> None:
-    """Add a model from a local config.json to the user catalog (offline).
+    """Add a model to your catalog from a local config.json, offline, with its derived totals.
 
-    Writes to models.yaml in --catalog / $MOATMETER_CATALOG (created if needed).
+    Writes (or replaces, by id) the entry in DIR/models.yaml of --catalog DIR or
+    $MOATMETER_CATALOG, creating it if needed; `catalog list models --catalog DIR` then shows it
+    beside the bundled models. A config missing a needed field is refused with its name.
 
     Example:  moatmeter catalog import-hf ./Llama-3.1-8B/config.json --catalog ~/my-catalog
     """
-    udir = catalog
-    if udir is None:
-        udir = resolve_user_dir(None)
+    from moatmeter.catalog.modelarch import import_hf
+
+    udir = catalog if catalog is not None else resolve_user_dir(None)
     if udir is None:
         raise InputError("name a user catalog directory with --catalog DIR or $MOATMETER_CATALOG")
-    udir = Path(udir)
-    udir.mkdir(parents=True, exist_ok=True)
-    try:
-        cfg = json.loads(config_json.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", file=str(config_json)) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"bad JSON at line {exc.lineno}: {exc.msg}", file=str(config_json)) from None
-    if not isinstance(cfg, dict):
-        raise InputError("expected a JSON object", file=str(config_json))
-    mid = (model_id or config_json.resolve().parent.name).lower().replace(" ", "-")
-    arch = arch_from_config(cfg, name=mid, file=str(config_json))
-    entry = {
-        "id": mid,
-        "hf_id": hf_id or str(cfg.get("_name_or_path") or mid),
-        "sources": [{"ref": f"local file {config_json.resolve()}",
-                     "date": dt.date.today().isoformat()}],
-        "config": cfg,
-    }
-    path = udir / "models.yaml"
-    existing: list[Any] = []
-    if path.exists():
-        from moatmeter.catalog.load import read_yaml
-
-        existing = read_yaml(path) or []
-        if not isinstance(existing, list):
-            raise CatalogError("expected a list of models entries", file=str(path))
-    existing = [e for e in existing if not (isinstance(e, dict) and e.get("id") == mid)]
-    existing.append(entry)
-    path.write_text(yaml.safe_dump(existing, sort_keys=False), encoding="utf-8")
-    console.print(f"added model [bold]{mid}[/] ({arch.total_params / 1e9:.2f} B params, "
-                  f"{arch.active_params / 1e9:.2f} B active) to {path}")
+    entry, arch = import_hf(config_json, udir, model_id=model_id, hf_id=hf_id)
+    if json_out:
+        print_json(entry_record("models", entry))
+        return
+    moe = (f", {arch.n_experts} experts, top-{arch.experts_per_token}" if arch.is_moe else "")
+    console.print(f"added model [bold]{entry.id}[/] ({arch.total_params / 1e9:.2f} B params, "
+                  f"{arch.active_params / 1e9:.2f} B active{moe}, "
+                  f"KV {arch.kv_bytes_per_token('bf16') / 1e3:.1f} kB/token bf16) "
+                  f"to {Path(udir) / 'models.yaml'}")
