@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from rich import box
 from rich.table import Table
 
 from moatmeter.catalog.load import KINDS, resolve_user_dir, validate_dir
@@ -50,6 +51,96 @@ def _fmt(v: float | None, nd: int = 0) -> str:
     return "" if v is None else f"{v:,.{nd}f}"
 
 
+def _table(title: str, cols: list[tuple[str, dict[str, Any]]], caption: str = "",
+           expand: bool = False) -> Table:
+    """A compact table that stays readable at 120 columns: ids never wrap, numbers align right."""
+    t = Table(title=title, box=box.SIMPLE_HEAD, caption=caption or None, pad_edge=False,
+              caption_justify="left", padding=(0, 1), collapse_padding=True, expand=expand)
+    for name, kw in cols:
+        t.add_column(name, **kw)
+    return t
+
+
+_ID = {"no_wrap": True, "style": "bold"}
+_NUM = {"justify": "right", "no_wrap": True}
+_FORM = {"datacenter": "dc", "workstation": "ws", "consumer": "cons"}
+_CONF = {"datasheet": "sheet", "derived": "deriv", "estimate": "est"}
+# Feature flags in the stacks table: upper case = yes, lower case + mark = partial (~) or
+# experimental (?), absent = no. Order follows schema.FEATURES.
+_FEAT = {"continuous_batching": "CB", "paged_attention": "PA", "flash_attention": "FA",
+         "chunked_prefill": "CP", "tensor_parallel": "TP", "pipeline_parallel": "PP",
+         "speculative_decoding": "SD", "prefix_caching": "PC"}
+
+
+def _acc_table(entries: list[Any]) -> Table:
+    t = _table(f"accelerators ({len(entries)})", [
+        ("id", _ID), ("vendor", {}), ("family", {"no_wrap": True}), ("form", {}),
+        ("mem GB", _NUM), ("BW GB/s", _NUM), ("bf16 TF", _NUM), ("fp8 TF", _NUM),
+        ("TDP W", _NUM), ("price $", _NUM), ("conf.", {})],
+        caption="dense peaks per device (TFLOPS); form: dc datacenter, ws workstation, cons "
+                "consumer; conf.: datasheet, derived or estimate; `catalog show ID` gives "
+                "sources, notes and scale-up links")
+    for e in entries:
+        p = e.peak_tflops
+        t.add_row(e.id, e.vendor, e.family, _FORM[e.form_factor], _fmt(e.memory_gb),
+                  _fmt(e.memory_bw_gbs), _fmt(p.get("bf16", p.get("fp16"))), _fmt(p.get("fp8")),
+                  _fmt(e.tdp_w), _fmt(e.price_usd), _CONF[e.confidence])
+    return t
+
+
+def _model_table(entries: list[Any]) -> Table:
+    t = _table(f"models ({len(entries)})", [
+        ("id", _ID), ("hf_id", {"overflow": "ellipsis", "max_width": 40}), ("total B", _NUM),
+        ("active B", _NUM), ("layers", _NUM), ("kv heads", _NUM), ("KV kB/tok bf16", _NUM)])
+    for e in entries:
+        a = arch_of(e)
+        t.add_row(e.id, e.hf_id, f"{a.total_params / 1e9:.2f}", f"{a.active_params / 1e9:.2f}",
+                  str(a.layers), str(a.kv_heads), f"{a.kv_bytes_per_token('bf16') / 1e3:.1f}")
+    return t
+
+
+def _feature_flags(e: Any) -> str:
+    out = []
+    for f, ab in _FEAT.items():
+        lvl = e.features[f].level
+        if lvl == "yes":
+            out.append(ab)
+        elif lvl == "partial":
+            out.append(ab.lower() + "~")
+        elif lvl == "experimental":
+            out.append(ab.lower() + "?")
+    return " ".join(out)
+
+
+def _stack_table(entries: list[Any]) -> Table:
+    t = _table(f"stacks ({len(entries)})", [
+        ("id", _ID), ("maturity", {}), ("official on", {"max_width": 34}),
+        ("weights", {"max_width": 22}), ("features", {"min_width": 23})],
+        caption="features: CB continuous batching, PA paged attention, FA flash attention, "
+                "CP chunked prefill, TP/PP tensor/pipeline parallel, SD speculative decoding, "
+                "PC prefix caching; lower case~ partial, ? experimental, absent = no")
+    for e in entries:
+        official = sorted({f for h in e.hardware if h.level == "official" for f in h.families})
+        t.add_row(e.id, e.maturity, " ".join(official) or "-",
+                  " ".join(e.weight_dtypes), _feature_flags(e))
+    return t
+
+
+def _cost_table(entries: list[Any]) -> Table:
+    t = _table(f"costs ({len(entries)})", [
+        ("id", _ID), ("value", _NUM), ("unit", {"no_wrap": True}), ("low", _NUM),
+        ("high", _NUM), ("est.", {}), ("source", {"no_wrap": True, "overflow": "ellipsis",
+                                                  "ratio": 1})], expand=True)
+    for e in entries:
+        t.add_row(e.id, f"{e.value:g}", e.unit, f"{e.low:g}", f"{e.high:g}",
+                  "est." if e.estimate else "", f"{e.sources[0].date} {e.sources[0].ref}")
+    return t
+
+
+_TABLES = {"accelerators": _acc_table, "models": _model_table, "stacks": _stack_table,
+           "costs": _cost_table}
+
+
 @catalog_app.command("list")
 def list_cmd(
     kind: Annotated[str, typer.Argument(help="accelerators, models, stacks or costs")],
@@ -67,37 +158,7 @@ def list_cmd(
     if json_out:
         print_json([entry_record(kind, e) for e in entries])
         return
-    t = Table(title=f"{kind} ({len(entries)})", show_lines=False)
-    if kind == "accelerators":
-        for c in ("id", "vendor", "family", "form", "mem GB", "BW GB/s", "bf16 TF", "fp8 TF",
-                  "TDP W", "price $", "conf."):
-            t.add_column(c)
-        for e in entries:
-            t.add_row(e.id, e.vendor, e.family, e.form_factor, _fmt(e.memory_gb),
-                      _fmt(e.memory_bw_gbs), _fmt(e.peak_tflops.get("bf16")),
-                      _fmt(e.peak_tflops.get("fp8")), _fmt(e.tdp_w), _fmt(e.price_usd),
-                      e.confidence)
-    elif kind == "models":
-        for c in ("id", "hf_id", "total B", "active B", "layers", "kv heads", "KV kB/tok bf16"):
-            t.add_column(c)
-        for e in entries:
-            a = arch_of(e)
-            t.add_row(e.id, e.hf_id, f"{a.total_params / 1e9:.2f}", f"{a.active_params / 1e9:.2f}",
-                      str(a.layers), str(a.kv_heads), f"{a.kv_bytes_per_token('bf16') / 1e3:.1f}")
-    elif kind == "stacks":
-        for c in ("id", "engine", "backend", "maturity", "families", "weights", "TP", "spec."):
-            t.add_column(c)
-        for e in entries:
-            t.add_row(e.id, e.engine, e.backend, e.maturity, ", ".join(sorted(e.families())),
-                      ", ".join(e.weight_dtypes), e.features["tensor_parallel"].level,
-                      e.features["speculative_decoding"].level)
-    else:
-        for c in ("id", "value", "unit", "low", "high", "source"):
-            t.add_column(c)
-        for e in entries:
-            t.add_row(e.id, f"{e.value:g}", e.unit, f"{e.low:g}", f"{e.high:g}",
-                      _srcs(e)[:60])
-    console.print(t)
+    console.print(_TABLES[kind](entries))
 
 
 @catalog_app.command("show")
