@@ -215,9 +215,9 @@ def import_hf_cmd(
 ) -> None:
     """Add a model to your catalog from a local config.json, offline, with its derived totals.
 
-    Writes (or replaces, by id) the entry in DIR/models.yaml of --catalog DIR or
-    $MOATMETER_CATALOG, creating it if needed; `catalog list models --catalog DIR` then shows it
-    beside the bundled models. A config missing a needed field is refused with its name.
+    Writes DIR/models.yaml (--catalog DIR or $MOATMETER_CATALOG), replacing an entry of the same id.
+
+    A config missing a field the derivation needs is refused, naming that field.
 
     Example:  moatmeter catalog import-hf ./Llama-3.1-8B/config.json --catalog ~/my-catalog
     """
