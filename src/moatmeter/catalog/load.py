@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from moatmeter.catalog.schema import Accelerator, CostParameter, ModelEntry, Stack
+from moatmeter.catalog.schema import FAMILIES, Accelerator, CostParameter, ModelEntry, Stack
 from moatmeter.errors import CatalogError
 
 KINDS: dict[str, type[BaseModel]] = {
@@ -82,18 +82,40 @@ def _first_error(err: ValidationError) -> tuple[str, str]:
     return loc, msg
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader (no Python object tags) that also refuses duplicate keys in a mapping, which
+    PyYAML would otherwise resolve silently by keeping the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, list | dict):  # unhashable: let PyYAML report it
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> Any:
     """Safe-load a YAML file, turning every failure into a one-line error naming the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CatalogError(f"cannot read file: {exc.strerror}", file=str(path)) from None
+    except UnicodeDecodeError:
+        raise CatalogError("not a UTF-8 text file", file=str(path)) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no object tags
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
+        if "constructor for the tag" in problem:
+            tag = problem.split("tag", 1)[1].strip(" '")
+            problem = f"tag '{tag}' is not allowed (catalog files are plain YAML, loaded safely)"
         raise CatalogError(f"bad YAML{where}: {problem}", file=str(path)) from None
 
 
@@ -147,6 +169,19 @@ def _check_models(cat: Catalog, directory: Path) -> None:
             arch_of(m, file=cat.origin[("models", mid)])
 
 
+def _check_families(cat: Catalog) -> None:
+    """Every family a stack names must be a known one: a typo would silently drop support."""
+    known = set(FAMILIES) | {a.family for a in cat.accelerators.values()}
+    for sid, st in cat.stacks.items():
+        for i, hw in enumerate(st.hardware):
+            for fam in hw.families:
+                if fam not in known:
+                    raise CatalogError(
+                        f"unknown family '{fam}' (known: {', '.join(sorted(known))})",
+                        file=cat.origin.get(("stacks", sid)), entry=sid,
+                        field=f"hardware.{i}.families")
+
+
 def resolve_user_dir(user_dir: str | Path | None) -> Path | None:
     if user_dir is None:
         env = os.environ.get(ENV_VAR)
@@ -167,6 +202,7 @@ def load_catalog(user_dir: str | Path | None = None) -> Catalog:
     if udir is not None:
         cat.user_dir = udir
         _load_dir(cat, udir, require=False)
+    _check_families(cat)
     return cat
 
 
@@ -177,4 +213,11 @@ def validate_dir(directory: str | Path) -> dict[str, int]:
         raise CatalogError(f"catalog directory does not exist: {d}")
     cat = Catalog()
     _load_dir(cat, d, require=False)
-    return {k: len(cat.table(k)) for k in KINDS}
+    counts = {k: len(cat.table(k)) for k in KINDS}
+    if d.resolve() != bundled_dir().resolve():  # a user dir may name families of bundled devices
+        base = Catalog()
+        _load_dir(base, bundled_dir(), require=True)
+        for a in base.accelerators.values():
+            cat.accelerators.setdefault(a.id, a)
+    _check_families(cat)
+    return counts

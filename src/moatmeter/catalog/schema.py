@@ -17,6 +17,14 @@ Confidence = Literal["datasheet", "derived", "estimate"]
 SupportLevel = Literal["yes", "partial", "experimental", "no"]
 HardwareLevel = Literal["official", "experimental", "community", "unsupported"]
 Maturity = Literal["mature", "maturing", "early"]
+# Architecture families shared by accelerators, stacks and calibration (docs/CONTRIBUTING-IDS.md).
+# A stack may name a family only if it is listed here or used by some accelerator in the catalog,
+# so a typo ("Hoper") is an error instead of a silently unsupported device.
+FAMILIES = (
+    "Ampere", "Hopper", "Blackwell", "Ada", "Blackwell-consumer", "CDNA2", "CDNA3", "CDNA4",
+    "RDNA3", "RDNA4", "Gaudi2", "Gaudi3", "Xe-HPC", "Xe-HPG", "Xe2", "Apple-M2", "Apple-M3",
+    "Apple-M4", "Granite-Rapids", "Emerald-Rapids", "Zen4", "Zen5",
+)
 FEATURES = (
     "continuous_batching",
     "paged_attention",
@@ -96,6 +104,8 @@ class Accelerator(Entry):
     def _has_peak(self) -> Accelerator:
         if not self.peak_tflops:
             raise ValueError("peak_tflops: at least one dense peak is required")
+        if self.price_usd is not None and not self.price_date:
+            raise ValueError("price_date: a price needs the date it was quoted")
         return self
 
 
@@ -127,7 +137,9 @@ class Stack(Entry):
 
     name: str
     engine: str
-    backend: Literal["CUDA", "ROCm", "HPU", "XPU", "SYCL", "Vulkan", "Metal", "CPU", "OpenVINO", "HIP"]
+    backend: Literal[
+        "CUDA", "ROCm", "HPU", "XPU", "SYCL", "Vulkan", "Metal", "CPU", "OpenVINO", "HIP"
+    ]
     vendors: Annotated[list[Vendor], Field(min_length=1)]
     hardware: Annotated[list[HardwareSupport], Field(min_length=1)]
     weight_dtypes: Annotated[list[str], Field(min_length=1)]
