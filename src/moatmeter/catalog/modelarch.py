@@ -21,10 +21,10 @@ Architectures (``model_type``) and what changes between them:
   gate/up and down projections, ``layer_types`` alternating a 128-token window with full attention,
   MXFP4 experts in the published checkpoint.
 
-"Active" parameters follow the common publisher convention (Mistral, Qwen, DeepSeek): everything
-except the routed experts a token does not use, embeddings included. ``active_compute_params``
-drops the input-embedding lookup (no matmul touches it), which is OpenAI's convention for gpt-oss
-and the right figure for FLOPs and weight reads per token.
+"Active" parameters (``active_params``) follow Mistral's and Qwen's convention: everything except
+the routed experts a token does not use, embeddings included. ``active_compute_params`` drops the
+input-embedding lookup (no matmul touches it); OpenAI (gpt-oss) and DeepSeek publish that figure,
+and it is the right one for FLOPs and weight reads per token.
 """
 
 from __future__ import annotations
