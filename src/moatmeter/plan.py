@@ -257,8 +257,9 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
     say("enumerating deployments")
     cands = _enumerate(scn, catalog, rej)
     if not cands:
-        raise InputError("no candidate deployment: the constraints exclude every accelerator "
-                         "and stack", file=file, field="constraints")
+        notes.append("no candidate deployment survives the constraints; see rejected")
+        return PlanResult(scn, model.id, [], rej, _assumptions(ps, scn), {}, [], _demand(scn),
+                          samples, seed, notes)
     say(f"predicting {len(cands)} replica configurations")
     grid = DeploymentGrid(
         accelerator=np.array([c.acc.id for c in cands]),
@@ -296,7 +297,7 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
             rej.append(Rejection(c.id, f"no price for {c.acc.id}: add `prices: {{{c.acc.id}: "
                                        "USD}` to the scenario"))
             continue
-        replicas = max(1, math.ceil(peak / gp - 1e-9))
+        replicas = max(1, math.ceil(peak / gp - 1e-9)) + scn.constraints.redundancy_replicas
         count = replicas * c.tp * c.pp
         kw = count * c.acc.tdp_w * c2s / 1000.0
         if scn.constraints.max_gpus and count > scn.constraints.max_gpus:

@@ -113,6 +113,8 @@ class Constraints(_Strict):
     stacks: list[str] | None = None
     precisions: list[Literal["bf16", "fp16", "fp8", "int8", "int4", "fp4"]] = ["bf16", "fp8"]
     max_gpus: Annotated[int, Field(ge=1)] | None = None
+    # Availability: serve peak load with this many replicas on top of the ones needed (N+k).
+    redundancy_replicas: Annotated[int, Field(ge=0)] = 0
 
 
 class Incumbency(_Strict):
@@ -163,7 +165,11 @@ DEFAULTS_DOC = {
 
 
 def _loc_msg(err: ValidationError) -> tuple[str, str]:
-    e = err.errors()[0]
+    errs = err.errors()
+    # In a union (number | range) the branch that does not match the input's type reports a type
+    # error; the other branch's complaint is the useful one.
+    real = [e for e in errs if not e["type"].endswith(("_type", "_parsing"))]
+    e = (real or errs)[0]
     loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
     # pydantic adds the union member name ("float", "Range") to locations; drop it.
     loc = re.sub(r"\.(float|Range|constrained-float|bool|int|str|list\[[^\]]*\])(?=\.|$)", "", loc)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from moatmeter.cli.common import CatalogOpt, JsonOpt, console, err_console, get_catalog, print_json
@@ -146,9 +147,12 @@ def register(app: typer.Typer) -> None:
                 d["report"] = str(report)
             print_json(d)
             return
-        console.print(render_table(result, top))
+        out = console if console.is_terminal else Console(width=180)
+        out.print(render_table(result, top))
         if not result.options:
-            console.print("[bold red]No option meets the SLOs and constraints.[/]")
+            console.print("[bold red]No option meets the SLOs and constraints.[/] First reasons:")
+            for r in result.rejected[:8]:
+                console.print(f"  {r.id}: {r.reason}", highlight=False, markup=False)
         rej = result.rejected
         console.print(f"{len(result.options)} options ranked, {len(rej)} rejected "
                       f"(see --json or the report for every reason) in {elapsed:.1f} s.")

@@ -1,0 +1,196 @@
+"""The planner end to end: sovereignty, feature gaps, the --json contract, bad scenario files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moatmeter.catalog.load import load_catalog
+from moatmeter.errors import InputError
+from moatmeter.plan import plan
+from moatmeter.scenario import load_scenario, scenario_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+BASE = {
+    "name": "t", "model": "llama-3.3-70b",
+    "traffic": {"requests_per_s": 2.0, "input_tokens": 1000, "output_tokens": 250,
+                "peak_to_average": 2, "hours_per_day": 12},
+    "slo": {"ttft_p95_s": 2.0, "tpot_p95_s": 0.1},
+    "constraints": {"accelerators": ["h100-sxm", "mi300x"],
+                    "stacks": ["vllm-cuda", "vllm-rocm", "llamacpp-cuda"],
+                    "precisions": ["bf16", "fp8"]},
+    "incumbency": {"stack": "vllm-cuda", "custom_cuda_kernels": 5, "cuda_engineers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def cat():
+    return load_catalog()
+
+
+def _scn(**over):
+    raw = json.loads(json.dumps(BASE))
+    for k, v in over.items():
+        sec, _, key = k.partition(".")
+        if key:
+            raw[sec][key] = v
+        else:
+            raw[sec] = v
+    return scenario_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def open_result(cat):
+    return plan(_scn(), cat, samples=2000, seed=3)
+
+
+def test_open_site_has_rent_and_api_and_ranked_options(open_result):
+    r = open_result
+    kinds = {o.kind for o in r.options}
+    assert kinds == {"own", "rent", "api"}
+    p50 = [o.usd_per_mtok_p50 for o in r.options]
+    assert p50 == sorted(p50)
+    assert [o.rank for o in r.options] == list(range(1, len(r.options) + 1))
+    for o in r.options:
+        assert o.tco_p10 <= o.tco_p50 <= o.tco_p90
+        assert o.usd_per_mtok_p10 <= o.usd_per_mtok_p50 <= o.usd_per_mtok_p90
+        assert o.tco_p50 > 0 and o.usd_per_mtok_p50 > 0
+    assert any(o.pareto for o in r.options)
+    # Leaving CUDA for ROCm carries migration, maturity and liquidity costs; staying does not.
+    amd = [o for o in r.options if o.kind == "own" and o.accelerator == "mi300x"]
+    nv = [o for o in r.options if o.kind == "own" and o.stack == "vllm-cuda"]
+    assert amd and nv
+    assert all(o.breakdown["migration"] > 0 and o.breakdown["liquidity"] > 0 for o in amd)
+    assert all(o.breakdown["maturity_ops"] > 0 for o in amd)
+    assert all(o.breakdown["migration"] == 0 and o.lockin_premium_usd == 0 for o in nv)
+    assert "port 5 custom CUDA kernels" in amd[0].migration
+    # Sizing: replicas x per-replica goodput covers the peak.
+    for o in r.options:
+        if o.kind != "api":
+            assert o.capacity_rps >= r.demand["peak_rps"] - 1e-9
+            assert o.count == o.replicas * o.tp * o.pp
+    assert r.tornado["bars"] and r.comparisons
+
+
+def test_sovereign_site_gets_no_cloud_or_api(cat):
+    r = plan(_scn(site={"sovereign": True}), cat, samples=1000, seed=1)
+    assert r.options and {o.kind for o in r.options} == {"own"}
+    reasons = {x.id: x.reason for x in r.rejected}
+    assert "sovereign" in reasons["api"]
+    assert any(k.startswith("rent:") and "sovereign" in v for k, v in reasons.items())
+
+
+def test_missing_feature_makes_option_infeasible_with_reason(cat, open_result):
+    # llama.cpp has no fp8 weights in the catalog: its fp8 candidates are rejected, not priced.
+    rej = {x.id: x.reason for x in open_result.rejected}
+    assert "lacks fp8" in rej["h100-sxm/llamacpp-cuda/fp8"]
+    assert not any(o.stack == "llamacpp-cuda" and o.precision == "fp8"
+                   for o in open_result.options)
+    # Only the stack without the feature: nothing to rank, and the reason says why.
+    r = plan(_scn(**{"constraints.stacks": ["llamacpp-cuda"], "constraints.precisions": ["fp8"],
+                     "constraints.accelerators": ["h100-sxm"]}), cat, samples=500)
+    assert not r.options
+    assert any("llamacpp-cuda lacks fp8" in x.reason for x in r.rejected)
+
+
+def test_fixed_seed_is_reproducible(cat):
+    a = plan(_scn(), cat, samples=1000, seed=11).to_dict()
+    b = plan(_scn(), cat, samples=1000, seed=11).to_dict()
+    assert a["options"] == b["options"]
+
+
+def test_vendor_and_power_constraints_explained(cat):
+    r = plan(_scn(**{"constraints.vendors": ["amd"], "constraints.max_power_kw": 2.0}), cat,
+             samples=500)
+    reasons = [x.reason for x in r.rejected]
+    assert any("vendor nvidia excluded" in m for m in reasons)
+    assert all(o.accelerator in (None, "mi300x") for o in r.options)
+    assert any("constraints.max_power_kw" in m for m in reasons)
+
+
+def test_cli_json_contract_and_flag_override(tmp_path):
+    scn = tmp_path / "s.yaml"
+    scn.write_text(json.dumps(BASE))  # JSON is YAML
+    proc = subprocess.run(
+        [sys.executable, "-m", "moatmeter", "plan", str(scn), "--json", "--samples", "1000",
+         "--seed", "5", "--requests-per-s", "3", "--sovereign"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["demand"]["avg_rps"] == 3  # the flag replaced the file's 2 req/s
+    assert d["options"] and {o["kind"] for o in d["options"]} == {"own"}  # --sovereign
+    keys = {"id", "kind", "accelerator", "count", "stack", "tco_p10", "tco_p50", "tco_p90",
+            "usd_per_mtok_p10", "usd_per_mtok_p50", "usd_per_mtok_p90", "lockin_premium_usd"}
+    for o in d["options"]:
+        assert keys <= o.keys()
+        assert o["tco_p10"] <= o["tco_p50"] <= o["tco_p90"]
+    assert all({"id", "reason"} <= r.keys() and r["reason"] for r in d["rejected"])
+
+
+def _run_bad(tmp_path, text: str) -> subprocess.CompletedProcess:
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    return subprocess.run([sys.executable, "-m", "moatmeter", "plan", str(f), "--json"],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("text, field, words", [
+    ("model: no-such-model\ntraffic: {requests_per_s: 1}\n", "model", "unknown model"),
+    ("model: llama-3.1-8b\ntraffic: {requests_per_s: 1}\nslo: {ttft_p95_s: 0}\n",
+     "slo.ttft_p95_s", "greater than 0"),
+    ("model: llama-3.1-8b\ntraffic: {requests_per_s: 1}\n"
+     "site: {electricity_usd_per_kwh: -0.1}\n", "site.electricity_usd_per_kwh",
+     "greater than or equal to 0"),
+    ("model: llama-3.1-8b\ntraffic: {requests_per_s: 1}\nprices: {h100-sxm: -5}\n",
+     "prices.h100-sxm", "greater than or equal to 0"),
+    ("model: llama-3.1-8b\ntraffic: {requests_per_s: 1}\nhorizon_yaers: 3\n",
+     "horizon_yaers", "unknown field"),
+    ("model: llama-3.1-8b\ntraffic: {requests_per_s: 1, input_tokenz: 5}\n",
+     "traffic.input_tokenz", "unknown field"),
+])
+def test_bad_scenario_files_one_line_exit_2(tmp_path, text, field, words):
+    proc = _run_bad(tmp_path, text)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and proc.stdout == ""
+    assert "bad.yaml" in err and f"field '{field}'" in err and words in err
+
+
+def test_scenario_api_errors():
+    with pytest.raises(InputError, match="requests_per_s or tokens_per_day"):
+        scenario_from_dict({"model": "m", "traffic": {"input_tokens": 5}})
+    with pytest.raises(InputError, match="low <= value <= high"):
+        scenario_from_dict({"model": "m", "traffic": {"requests_per_s": 1},
+                            "site": {"pue": {"value": 1.2, "low": 1.3, "high": 1.5}}})
+    s = scenario_from_dict({"model": "m", "traffic": {"tokens_per_day": 8.64e6,
+                                                     "input_tokens": 80, "output_tokens": 20}})
+    assert s.traffic.avg_rps == pytest.approx(1.0)  # 86 400 requests over 24 h
+
+
+def test_unknown_cost_override_and_config_json_model(cat, tmp_path):
+    with pytest.raises(InputError, match="unknown cost parameter 'electricty'"):
+        plan(_scn(costs={"electricty": 0.1}), cat, samples=500)
+    cfg = dict(cat.model("llama-3.1-8b").config)
+    d = tmp_path / "my-model"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    r = plan(_scn(model=str(d / "config.json"), **{"constraints.stacks": ["vllm-cuda"]}), cat,
+             samples=500)
+    assert r.model == "my-model" and r.options
+
+
+def test_examples_load(cat):
+    names = {p.name for p in EXAMPLES.glob("*.yaml")}
+    assert {"sovereign-bank-70b.yaml", "startup-8b-high-qps.yaml",
+            "lab-moe-mi300x-vs-h200.yaml"} <= names
+    for p in EXAMPLES.glob("*.yaml"):
+        s = load_scenario(p)
+        assert s.model in cat.models
+    bank = load_scenario(EXAMPLES / "sovereign-bank-70b.yaml")
+    assert bank.site.sovereign
