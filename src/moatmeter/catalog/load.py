@@ -82,8 +82,11 @@ def _first_error(err: ValidationError) -> tuple[str, str]:
     return loc, msg
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader (no Python object tags) that also refuses duplicate keys in a mapping, which
+_SafeBase: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml parser when present
+
+
+class _StrictLoader(_SafeBase):  # type: ignore[misc,valid-type]
+    """Safe loader (no Python object tags) that also refuses duplicate keys in a mapping, which
     PyYAML would otherwise resolve silently by keeping the last value."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
