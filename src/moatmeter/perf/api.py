@@ -1,0 +1,267 @@
+"""Public entry points: ``evaluate_grid`` (planner, vectorised) and ``predict_deployment`` (one).
+
+The uncertainty band P10–P90 is lognormal around the mean with the (stack, family) pair's
+calibrated log-space sigma: throughput × exp(±1.2816·σ), latencies the other way round.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from moatmeter.catalog.load import Catalog
+from moatmeter.catalog.modelarch import arch_of
+from moatmeter.catalog.schema import ModelEntry
+from moatmeter.errors import InputError
+from moatmeter.perf import memory as mem
+from moatmeter.perf.calibrate import Calibration
+from moatmeter.perf.deploy import Resolved, resolve
+from moatmeter.perf.serving import ServingPoint, closed_loop, goodput, open_loop
+from moatmeter.perf.step import StepTime
+from moatmeter.perf.types import SLO, DeploymentGrid, GridResult, Workload
+
+Z90 = 1.2816
+BOTTLENECKS = np.array(["memory", "compute", "interconnect", "overhead"])
+
+
+def _bottleneck(st: StepTime, kv_limited: np.ndarray) -> np.ndarray:
+    parts = np.stack([st.memory, st.compute, st.comm, np.broadcast_to(st.overhead,
+                                                                     st.memory.shape)])
+    b = BOTTLENECKS[np.argmax(parts, axis=0)]
+    return np.where(kv_limited, "kv_capacity", b)
+
+
+def evaluate_grid(catalog: Catalog, model_entry: ModelEntry | str, grid: DeploymentGrid,
+                  workload: Workload, slo: SLO, calib: Calibration | None = None) -> GridResult:
+    """Predict every candidate replica of ``grid`` for one model, workload and SLO (vectorised)."""
+    if isinstance(model_entry, str):
+        model_entry = catalog.model(model_entry)
+    _check_workload(workload.input_tokens, workload.output_tokens)
+    inp = workload.input_tokens * (1.0 - min(max(workload.prefix_cache_hit, 0.0), 1.0))
+    out = float(workload.output_tokens)
+    ctx = workload.input_tokens + workload.output_tokens
+    r = resolve(catalog, accelerator=grid.accelerator, stack=grid.stack, model=model_entry,
+                tp=grid.tp, pp=grid.pp, weight_dtype=grid.weight_dtype, kv_dtype=grid.kv_dtype,
+                context=ctx, max_batch=grid.max_batch, calib=calib)
+    n = len(grid)
+    s = r.s
+    inp_a = np.full(n, float(inp))
+    out_a = np.full(n, out)
+    single = closed_loop(s, np.ones(n), inp_a, out_a)
+    offline = closed_loop(s, r.bcap, inp_a, out_a)
+    g = goodput(s, inp_a, out_a, r.bcap, slo.ttft_p95_s, slo.tpot_p95_s)
+    kv_limited = (r.max_sequences < r.max_batch) & (g.point.concurrency >= 0.5 * r.bcap)
+    bott = _bottleneck(g.point.step, kv_limited)
+    f = r.feasible
+    z = np.zeros(n)
+
+    def mask(a: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        return np.where(f, a, fill)
+
+    return GridResult(
+        feasible=f, reason=r.reason, bottleneck=np.where(f, bott, ""),
+        max_sequences=mask(r.max_sequences), goodput_rps=mask(g.rate_rps),
+        output_tokens_per_s=mask(g.rate_rps * out), ttft_p95_s=mask(g.point.ttft_p95, np.inf),
+        tpot_p95_s=mask(g.point.tpot_p95, np.inf), single_ttft_s=mask(single.ttft_mean, np.inf),
+        single_tpot_s=mask(single.tpot_mean, np.inf),
+        max_output_tokens_per_s=mask(offline.output_tps), eff_sigma=r.eff_sigma + z,
+        eff_compute=s.eff_c, eff_memory=s.eff_m, calibration_note=r.calib_note)
+
+
+def _check_workload(inp: float, out: float) -> None:
+    if not (isinstance(inp, int | float) and math.isfinite(inp) and inp >= 0):
+        raise InputError(f"input tokens must be ≥ 0, got {inp}", field="input_tokens")
+    if not (isinstance(out, int | float) and math.isfinite(out) and out >= 1):
+        raise InputError(f"output tokens must be ≥ 1, got {out}", field="output_tokens")
+
+
+@dataclass
+class MemoryBreakdown:
+    device_gb: float  # per device, GiB
+    usable_gb: float  # after the engine's reserve
+    weights_gb: float  # per device
+    kv_pool_gb: float  # per device
+    kv_bytes_per_token: float  # over the replica (with TP replication)
+    max_sequences: int  # at input + output context
+
+
+@dataclass
+class Band:
+    p10: float
+    p50: float
+    p90: float
+
+
+@dataclass
+class Prediction:
+    """What one replica delivers under a load (concurrency, rate or offline)."""
+
+    accelerator: str
+    stack: str
+    model: str
+    devices: int
+    tp: int
+    pp: int
+    weight_dtype: str
+    kv_dtype: str
+    compute_dtype: str
+    load: str  # "concurrency 8" | "rate 2.0 req/s" | "offline (max batch 256)"
+    feasible: bool
+    reason: str
+    memory: MemoryBreakdown
+    concurrency: float  # mean sequences in the system
+    ttft_s: float
+    ttft_p95_s: float
+    tpot_s: float
+    tpot_p95_s: float
+    output_tokens_per_s: float
+    total_tokens_per_s: float
+    requests_per_s: float
+    saturation_rps: float  # highest sustainable Poisson rate
+    bottleneck: str
+    eff_compute: float
+    eff_memory: float
+    overhead_ms: float
+    sigma: float
+    output_tokens_per_s_band: Band
+    tpot_band: Band
+    ttft_band: Band
+    calibration_note: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _band(x: float, sigma: float) -> Band:
+    if not math.isfinite(x):
+        return Band(x, x, x)
+    return Band(x * math.exp(-Z90 * sigma), x, x * math.exp(Z90 * sigma))
+
+
+def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: int, pp: int = 1,
+                       stack: str, model: str, weight_dtype: str = "bf16",
+                       kv_dtype: str | None = None, input_tokens: float, output_tokens: float,
+                       concurrency: float | None = None, rate: float | None = None,
+                       max_batch: int | None = None, calib: Calibration | None = None
+                       ) -> Prediction:
+    """Predict one deployment (``count`` devices = ``count / (tp·pp)`` data-parallel replicas).
+
+    Throughputs are for all ``count`` devices; the load (concurrency or Poisson rate) is split
+    evenly across replicas; with neither it is offline maximum throughput.
+    """
+    for name, v in (("count", count), ("tp", tp), ("pp", pp)):
+        if not isinstance(v, int) or v < 1:
+            raise InputError(f"{name} must be a positive integer, got {v}", field=name)
+    if count % (tp * pp):
+        raise InputError(f"count {count} is not a multiple of tp·pp = {tp * pp}", field="count")
+    _check_workload(input_tokens, output_tokens)
+    if concurrency is not None and rate is not None:
+        raise InputError("give either a concurrency or a rate, not both")
+    if concurrency is not None and not (concurrency >= 1):
+        raise InputError(f"concurrency must be ≥ 1, got {concurrency}", field="concurrency")
+    if rate is not None and not (rate > 0):
+        raise InputError(f"rate must be > 0 req/s, got {rate}", field="rate")
+    wd = mem.norm_dtype(weight_dtype)
+    if mem.weight_bytes_per_param(wd) is None:
+        raise InputError(f"unknown weight dtype '{weight_dtype}' (known: "
+                         f"{', '.join(sorted(mem.WEIGHT_BYTES))})", field="dtype")
+    st = catalog.stack(stack)
+    kd = mem.norm_dtype(kv_dtype) if kv_dtype else (
+        "fp16" if st.engine.lower() in ("llama.cpp", "ollama") else "bf16")
+    if mem.kv_bytes_per_elem(kd) is None:
+        known = ", ".join(sorted(mem.KV_BYTES))
+        raise InputError(f"unknown KV dtype '{kv_dtype}' (known: {known})",
+                         field="kv-dtype")
+    entry = catalog.model(model)
+    catalog.accelerator(accelerator)
+    arch = arch_of(entry)
+    if arch.heads % tp or (arch.kv_heads % tp and tp % arch.kv_heads):
+        raise InputError(f"TP {tp} does not divide the {arch.heads} attention heads "
+                         f"({arch.kv_heads} KV heads) of {model}", field="tp")
+    replicas = count // (tp * pp)
+    ctx = input_tokens + output_tokens
+    r = resolve(catalog, accelerator=np.array([accelerator]), stack=np.array([stack]),
+                model=entry, tp=np.array([tp]), pp=np.array([pp]), weight_dtype=np.array([wd]),
+                kv_dtype=np.array([kd]), context=np.array([ctx]),
+                max_batch=None if max_batch is None else np.array([max_batch]), calib=calib)
+    return _prediction(r, accelerator, stack, model, count, tp, pp, wd, kd, input_tokens,
+                       output_tokens, concurrency, rate, replicas)
+
+
+def _prediction(r: Resolved, acc: str, stack: str, model: str, count: int, tp: int, pp: int,
+                wd: str, kd: str, inp: float, out: float, concurrency: float | None,
+                rate: float | None, replicas: int) -> Prediction:
+    s = r.s
+    i1, o1 = np.array([float(inp)]), np.array([float(out)])
+    sat = closed_loop(s, r.bcap, i1, o1)
+    notes = [n for n in (r.dtype_note[0],) if n]
+    if concurrency is not None:
+        c = concurrency / replicas
+        if c > r.bcap[0]:
+            notes.append(f"concurrency per replica {c:g} exceeds the batch cap {r.bcap[0]:.0f}: "
+                         "the rest queue")
+        pt: ServingPoint = closed_loop(s, np.minimum([c], r.bcap), i1, o1)
+        if c > r.bcap[0]:
+            wait = (c - r.bcap[0]) / max(pt.rate_rps[0], 1e-12)
+            pt.ttft_mean = pt.ttft_mean + wait
+            pt.ttft_p95 = pt.ttft_p95 + wait
+        load = f"concurrency {concurrency:g}"
+    elif rate is not None:
+        pt = open_loop(s, np.array([rate / replicas]), i1, o1, r.bcap)
+        if rate / replicas >= sat.rate_rps[0]:
+            notes.append(f"rate exceeds saturation ({sat.rate_rps[0] * replicas:.3g} req/s): "
+                         "queues grow without bound")
+        load = f"rate {rate:g} req/s"
+    else:
+        pt = sat
+        load = f"offline (batch {r.bcap[0]:.0f} per replica)"
+    kv_limited = (r.max_sequences < r.max_batch) & (pt.concurrency >= 0.5 * r.bcap)
+    bott = str(_bottleneck(pt.step, kv_limited)[0])
+    sigma = float(r.eff_sigma[0])
+    otps = float(pt.output_tps[0]) * replicas
+    rps = float(pt.rate_rps[0]) * replicas
+    m = MemoryBreakdown(
+        device_gb=float((r.usable_per_device[0] + mem.RESERVE_FIXED_BYTES)
+                        / (1 - mem.RESERVE_FRACTION) / mem.GIB),
+        usable_gb=float(r.usable_per_device[0] / mem.GIB),
+        weights_gb=float(r.weights_per_device[0] / mem.GIB),
+        kv_pool_gb=float(max(r.kv_pool[0], 0) / r.devices[0] / mem.GIB),
+        kv_bytes_per_token=float(s.kv_tok[0]), max_sequences=int(r.max_sequences[0]))
+    if r.feasible[0]:
+        ttft, ttft95 = float(pt.ttft_mean[0]), float(pt.ttft_p95[0])
+        tpot, tpot95 = float(pt.tpot_mean[0]), float(pt.tpot_p95[0])
+    else:
+        ttft = ttft95 = tpot = tpot95 = math.inf
+        otps = rps = 0.0
+        bott = ""
+    return Prediction(
+        accelerator=acc, stack=stack, model=model, devices=count, tp=tp, pp=pp, weight_dtype=wd,
+        kv_dtype=kd, compute_dtype=str(r.compute_dtype[0]), load=load,
+        feasible=bool(r.feasible[0]), reason=r.reason[0], memory=m,
+        concurrency=float(pt.concurrency[0]) * replicas, ttft_s=ttft, ttft_p95_s=ttft95,
+        tpot_s=tpot, tpot_p95_s=tpot95, output_tokens_per_s=otps,
+        total_tokens_per_s=rps * (inp + out), requests_per_s=rps,
+        saturation_rps=float(sat.rate_rps[0]) * replicas if r.feasible[0] else 0.0,
+        bottleneck=bott, eff_compute=float(s.eff_c[0]), eff_memory=float(s.eff_m[0]),
+        overhead_ms=float(s.overhead[0] * 1e3), sigma=sigma,
+        output_tokens_per_s_band=_band(otps, sigma), tpot_band=_band(tpot, sigma),
+        ttft_band=_band(ttft, sigma), calibration_note=r.calib_note[0], notes=notes)
+
+
+def single_stream_bound(catalog: Catalog, accelerator: str, model: str, weight_dtype: str,
+                        tp: int = 1) -> float:
+    """Upper bound on single-stream decode tokens/s: bandwidth / bytes read per token."""
+    a = catalog.accelerator(accelerator)
+    arch = arch_of(catalog.model(model))
+    w = mem.model_weight_bytes(arch, weight_dtype)
+    if arch.is_moe:
+        w = w - arch.moe_layers * (arch.n_experts - arch.experts_per_token) * mem.expert_bytes(
+            arch, weight_dtype)
+    return a.memory_bw_gbs * 1e9 * tp / w
+
+
+__all__ = ["Prediction", "evaluate_grid", "predict_deployment", "single_stream_bound"]

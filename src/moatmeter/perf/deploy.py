@@ -1,0 +1,285 @@
+"""Resolve catalog ids into per-replica arrays for the step model, with feasibility and reasons.
+
+Everything is computed once per *unique* accelerator / stack / model / dtype combination and then
+gathered with index arrays, so resolving 100 000 candidates costs a handful of NumPy passes.
+
+Compute precision: fp8 / int8 / fp6 / fp4 weights use the device's peak of that type (W8A8-style
+kernels); where the device has no such peak the weights are dequantised on the fly and the math
+runs at 16 bits (weight-only quantisation, as vLLM's Marlin kernels do on Ampere). int4 and the
+llama.cpp block formats are always weight-only. A device with neither peak is infeasible.
+
+Scale-up links: vendors quote NVLink / Infinity Fabric / Gaudi RoCE bandwidth as the bidirectional
+total per device, so one direction is half of ``scaleup_gbs``. Per-collective latency is an
+estimate: ~8 µs for a switched/mesh scale-up fabric (NCCL all-reduce of small messages over NVLink
+measures in the 5–15 µs range) and ~25 µs where the only path is PCIe through the host
+(range 15–50 µs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from moatmeter.catalog.load import Catalog
+from moatmeter.catalog.modelarch import ModelArch, arch_of
+from moatmeter.catalog.schema import Accelerator, ModelEntry, Stack
+from moatmeter.perf import memory as mem
+from moatmeter.perf.calibrate import Calibration, default_calibration
+from moatmeter.perf.step import StepInputs
+
+FAST_LINK_GBS = 200.0  # above this the scale-up fabric is a dedicated link, not PCIe
+LAT_FAST = 8e-6
+LAT_PCIE = 25e-6
+PCIE_FALLBACK_GBS = 64.0  # PCIe Gen4 x16 bidirectional where a device states no scale-up figure
+DEFAULT_MAX_BATCH = 256  # vLLM's default max_num_seqs
+_16BIT = ("bf16", "fp16", "fp32")
+
+
+def _peak_for(acc: Accelerator, dtype: str) -> tuple[float, str, str]:
+    """(FLOP/s, compute dtype used, note) for weights in ``dtype`` on ``acc``; 0 when none."""
+    cls = mem.DTYPE_CLASS.get(mem.norm_dtype(dtype), "bf16")
+    peaks = acc.peak_tflops
+    if cls in ("fp8", "int8", "fp6", "fp4") and cls in peaks:
+        return peaks[cls] * 1e12, cls, ""
+    if cls == "fp32" and "fp32" in peaks:
+        return peaks["fp32"] * 1e12, "fp32", ""
+    for d in _16BIT:
+        if d in peaks:
+            note = "" if cls in ("bf16", "fp32", "wo") else f"no {cls} peak: weight-only, {d} math"
+            return peaks[d] * 1e12, d, note
+    return 0.0, "", ""
+
+
+def _stack_has_dtype(stack: Stack, dtype: str, kind: str) -> bool:
+    listed = {mem.norm_dtype(d) for d in (stack.weight_dtypes if kind == "weight"
+                                          else stack.kv_dtypes)}
+    d = mem.norm_dtype(dtype)
+    if d in listed:
+        return True
+    if d in ("bf16", "fp16", "f16") and listed & {"bf16", "fp16", "f16"} and kind == "kv":
+        return True  # same bytes; engines pick the 16-bit type the device has
+    if d in ("fp16", "f16") and listed & {"fp16", "f16"}:
+        return True
+    gguf = d.startswith("q") and "_" in d
+    return gguf and ("gguf" in listed or "gguf" in {q.lower() for q in stack.quant_formats})
+
+
+@dataclass
+class Resolved:
+    """Per-replica arrays ready for the serving model."""
+
+    s: StepInputs
+    feasible: np.ndarray
+    reason: list[str]
+    devices: np.ndarray
+    weights_per_device: np.ndarray  # bytes
+    usable_per_device: np.ndarray  # bytes
+    kv_pool: np.ndarray  # bytes over the replica
+    max_sequences: np.ndarray
+    max_batch: np.ndarray
+    bcap: np.ndarray  # min(max_batch, max_sequences), ≥ 1
+    eff_sigma: np.ndarray
+    calib_note: list[str]
+    compute_dtype: np.ndarray
+    dtype_note: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _inv(values: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    arr = np.asarray(values)
+    if arr.ndim == 0:
+        arr = np.full(n, arr.item())
+    u, inv = np.unique(arr.astype(str), return_inverse=True)
+    return u, inv
+
+
+def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: Any, pp: Any,
+            weight_dtype: Any, kv_dtype: Any, context: Any, max_batch: Any = None,
+            calib: Calibration | None = None) -> Resolved:
+    """Arrays (or scalars, broadcast) of ids and settings → ``Resolved``.
+
+    ``model`` holds catalog model ids (or one ``ModelEntry``). Unknown ids raise ``CatalogError``.
+    """
+    calib = calib or default_calibration()
+    n = max(np.size(a) for a in (accelerator, stack, tp, pp, weight_dtype, kv_dtype, context))
+    if isinstance(model, ModelEntry):
+        model_entries = {model.id: model}
+        model = model.id
+    else:
+        model_entries = {}
+    n = max(n, np.size(model))
+    tp = np.broadcast_to(np.asarray(tp, float), (n,)).copy()
+    pp = np.broadcast_to(np.asarray(pp, float), (n,)).copy()
+    ctx = np.broadcast_to(np.asarray(context, float), (n,))
+    mb = (np.full(n, float(DEFAULT_MAX_BATCH)) if max_batch is None
+          else np.broadcast_to(np.asarray(max_batch, float), (n,)).copy())
+
+    acc_u, acc_i = _inv(accelerator, n)
+    st_u, st_i = _inv(stack, n)
+    mo_u, mo_i = _inv(model, n)
+    wd_u, wd_i = _inv(weight_dtype, n)
+    kd_u, kd_i = _inv(kv_dtype, n)
+    accs = [catalog.accelerator(a) for a in acc_u]
+    stacks = [catalog.stack(s) for s in st_u]
+    models = [model_entries.get(m) or catalog.model(m) for m in mo_u]
+    arches: list[ModelArch] = [arch_of(m) for m in models]
+
+    # --- per accelerator
+    bw = np.array([a.memory_bw_gbs * 1e9 for a in accs])[acc_i]
+    mem_gb = np.array([a.memory_gb for a in accs])[acc_i]
+    sc = np.array([a.scaleup_gbs or PCIE_FALLBACK_GBS for a in accs])
+    link_bw = (sc / 2.0 * 1e9)[acc_i]
+    link_lat = np.where(sc > FAST_LINK_GBS, LAT_FAST, LAT_PCIE)[acc_i]
+    max_scale = np.array([a.max_scaleup_devices for a in accs])[acc_i]
+
+    # --- per model
+    def mcol(f: Any) -> np.ndarray:
+        return np.array([float(f(a)) for a in arches])[mo_i]
+
+    hidden = mcol(lambda a: a.hidden)
+    layers = mcol(lambda a: a.layers)
+    heads = mcol(lambda a: a.heads)
+    kv_heads = mcol(lambda a: a.kv_heads)
+    attn = mcol(lambda a: a.layers * a.heads * a.head_dim)
+    flops_tok = mcol(lambda a: 2.0 * (a.active_params - a.embedding_params + a.vocab * a.hidden))
+    n_exp = mcol(lambda a: a.n_experts)
+    topk = mcol(lambda a: a.experts_per_token)
+    moe_layers = mcol(lambda a: a.moe_layers)
+
+    # --- per (model, weight dtype) and (model, kv dtype)
+    reasons = np.full(n, "", dtype=object)
+    wkey_u, wkey_i = np.unique(mo_i * len(wd_u) + wd_i, return_inverse=True)
+    w_tot = np.zeros(len(wkey_u))
+    w_exp = np.zeros(len(wkey_u))
+    bad_w = np.zeros(len(wkey_u), bool)
+    for j, k in enumerate(wkey_u):
+        a, d = arches[k // len(wd_u)], wd_u[k % len(wd_u)]
+        if mem.weight_bytes_per_param(d) is None:
+            bad_w[j] = True
+            continue
+        w_tot[j] = mem.model_weight_bytes(a, d)
+        w_exp[j] = mem.expert_bytes(a, d)
+    w_total = w_tot[wkey_i]
+    w_expert = w_exp[wkey_i]
+    w_dense = w_total - moe_layers * n_exp * w_expert
+    reasons[bad_w[wkey_i]] = "unknown weight dtype"
+
+    kkey_u, kkey_i = np.unique(mo_i * len(kd_u) + kd_i, return_inverse=True)
+    kv_full = np.zeros(len(kkey_u))
+    kv_window = np.zeros(len(kkey_u), bool)
+    bad_k = np.zeros(len(kkey_u), bool)
+    for j, k in enumerate(kkey_u):
+        a, d = arches[k // len(kd_u)], kd_u[k % len(kd_u)]
+        if mem.kv_bytes_per_elem(d) is None:
+            bad_k[j] = True
+            continue
+        kv_full[j] = mem.kv_bytes_per_token(a, d)
+        kv_window[j] = a.sliding_layers > 0 and a.sliding_window > 0
+    kv_tok = kv_full[kkey_i]
+    if kv_window.any():  # sliding-window layers cap at their window: depends on the context
+        for j in np.flatnonzero(kv_window):
+            rows = kkey_i == j
+            k = kkey_u[j]
+            a, d = arches[k // len(kd_u)], kd_u[k % len(kd_u)]
+            per = mem.kv_bytes_per_elem(d) or 2.0
+            full = (a.layers - a.sliding_layers)
+            kvpl = ((a.kv_lora_rank + a.qk_rope_head_dim) if a.is_mla
+                    else 2 * a.kv_heads * a.head_dim)
+            frac = np.minimum(1.0, a.sliding_window / np.maximum(ctx[rows], 1.0))
+            kv_tok[rows] = kvpl * per * (full + a.sliding_layers * frac)
+    reasons[(reasons == "") & bad_k[kkey_i]] = "unknown KV-cache dtype"
+    is_mla = mcol(lambda a: a.is_mla) > 0
+    repl = np.where(is_mla, tp, np.maximum(1.0, tp / np.maximum(kv_heads, 1.0)))
+    kv_tok = kv_tok * repl
+
+    # --- per (accelerator, stack, weight dtype, kv dtype): support and compute peak
+    S, W, K = len(st_u), len(wd_u), len(kd_u)
+    ckey = ((acc_i * S + st_i) * W + wd_i) * K + kd_i
+    ck_u, ck_i = np.unique(ckey, return_inverse=True)
+    peak_u = np.zeros(len(ck_u))
+    cdt_u = np.empty(len(ck_u), dtype=object)
+    why_u = np.empty(len(ck_u), dtype=object)
+    note_u = np.empty(len(ck_u), dtype=object)
+    for j, k in enumerate(ck_u):
+        kd = k % K
+        wd = (k // K) % W
+        si = (k // (K * W)) % S
+        ai = k // (K * W * S)
+        a, s = accs[ai], stacks[si]
+        peak, cdt, note = _peak_for(a, wd_u[wd])
+        peak_u[j], cdt_u[j], note_u[j], why_u[j] = peak, cdt, note, ""
+        if a.family not in s.families():
+            why_u[j] = f"stack {s.id} does not support {a.family} ({a.id})"
+        elif not _stack_has_dtype(s, wd_u[wd], "weight"):
+            why_u[j] = f"stack {s.id} has no {wd_u[wd]} weights"
+        elif not _stack_has_dtype(s, kd_u[kd], "kv"):
+            why_u[j] = f"stack {s.id} has no {kd_u[kd]} KV cache"
+        elif peak <= 0:
+            why_u[j] = f"{a.id} has no {wd_u[wd]} or 16-bit peak"
+    peak = peak_u[ck_i]
+    why = why_u[ck_i]
+    m = (reasons == "") & (why != "")
+    reasons[m] = why[m]
+
+    # --- per stack: parallelism features
+    has_tp = np.array([s.has("tensor_parallel") for s in stacks])[st_i]
+    has_pp = np.array([s.has("pipeline_parallel") for s in stacks])[st_i]
+    m = (reasons == "") & (tp > 1) & ~has_tp
+    reasons[m] = "stack has no tensor parallelism (TP > 1)"
+    m = (reasons == "") & (pp > 1) & ~has_pp
+    reasons[m] = "stack has no pipeline parallelism (PP > 1)"
+    m = (reasons == "") & (tp > max_scale)
+    reasons[m] = "TP exceeds the accelerator's scale-up domain (max_scaleup_devices)"
+    m = (reasons == "") & ((np.mod(heads, tp) != 0) | ((np.mod(kv_heads, tp) != 0)
+                                                        & (np.mod(tp, kv_heads) != 0)))
+    reasons[m] = "TP does not divide the attention heads"
+    m = (reasons == "") & ((tp < 1) | (pp < 1))
+    reasons[m] = "TP and PP must be ≥ 1"
+
+    # --- memory
+    devices = tp * pp
+    w_dev = w_total / devices
+    usable = mem.usable_bytes(mem_gb)
+    pool = mem.kv_pool(mem_gb, w_dev, devices)
+    max_seq = mem.max_sequences(pool, kv_tok, ctx)
+    idx = np.flatnonzero((reasons == "") & (w_dev > usable))
+    for i in idx:
+        reasons[i] = (f"weights do not fit: {w_dev[i] / mem.GIB:.1f} GiB per device > "
+                      f"{max(usable[i], 0) / mem.GIB:.1f} GiB usable")
+    m = (reasons == "") & (max_seq < 1)
+    reasons[m] = "KV cache cannot hold one sequence at this context"
+    feasible = reasons == ""
+    bcap = np.maximum(np.minimum(mb, max_seq), 1.0)
+
+    # --- efficiencies per (stack, family)
+    fam_u, fam_i = np.unique(np.array([a.family for a in accs])[acc_i], return_inverse=True)
+    F, M = len(fam_u), len(mo_u)
+    pkey_u, pkey_i = np.unique((st_i * F + fam_i) * M + mo_i, return_inverse=True)
+    fam_vendor = {a.family: a.vendor for a in accs}
+    eff = np.zeros((len(pkey_u), 4))
+    pnote = []
+    for j, k in enumerate(pkey_u):
+        s = stacks[k // (F * M)]
+        fam = fam_u[(k // M) % F]
+        a = arches[k % M]
+        cls = "mla-moe" if a.is_mla else "moe" if a.is_moe else "dense"
+        e = calib.lookup(s.id, s.engine, fam, fam_vendor[fam], cls)
+        eff[j] = (e.eff_compute, e.eff_memory, e.overhead_s, e.sigma)
+        pnote.append(e.note)
+    eff_r = eff[pkey_i]
+    calib_note = [pnote[j] for j in pkey_i]
+    cdt = cdt_u[ck_i]
+    dnote = note_u[ck_i]
+
+    s = StepInputs(peak=np.maximum(peak, 1.0), bw=bw, link_bw=link_bw, link_lat=link_lat,
+                   tp=tp, pp=pp, eff_c=eff_r[:, 0], eff_m=eff_r[:, 1], overhead=eff_r[:, 2],
+                   w_dense=w_dense, w_expert=w_expert, n_experts=n_exp, topk=topk,
+                   moe_layers=moe_layers, kv_tok=kv_tok, flops_tok=flops_tok, attn=attn,
+                   hidden=hidden, layers=layers)
+    return Resolved(s=s, feasible=feasible, reason=list(reasons), devices=devices,
+                    weights_per_device=w_dev, usable_per_device=usable, kv_pool=pool,
+                    max_sequences=max_seq, max_batch=mb, bcap=bcap, eff_sigma=eff_r[:, 3],
+                    calib_note=calib_note, compute_dtype=cdt, dtype_note=list(dnote),
+                    extra={"pair_index": pkey_i})

@@ -1,0 +1,112 @@
+"""Memory model: weight bytes, KV-cache bytes per token, the KV pool and how many sequences fit.
+
+Why these numbers:
+- HBM/GDDR capacities that vendors call "80 GB" are binary (80 GiB = 85.9e9 bytes), so device
+  memory is ``memory_gb * 2**30``.
+- Engines do not hand all of it to the model: vLLM's default ``gpu_memory_utilization`` is 0.90
+  (vLLM engine arguments documentation), and activations, CUDA graphs and the allocator take a
+  further slice. We reserve ``RESERVE_FRACTION`` of memory plus ``RESERVE_FIXED_BYTES`` per device
+  (an estimate; real engines range roughly 6–15 % plus 0.5–2 GiB).
+- Quantised formats carry scales: GPTQ/AWQ int4 with group size 128 store an fp16 scale (and a
+  packed zero point) per 128 weights (~4.25 bits/weight); llama.cpp's block formats are defined by
+  their block structs in ggml (``block_q4_0``: 32 weights in 18 bytes = 4.5 bits; ``block_q8_0``:
+  34 bytes per 32; ``Q4_K_M`` averages ~4.85 bits, ``Q5_K_M`` ~5.7, ``Q6_K`` 6.56). OCP MXFP4 has an
+  8-bit scale per 32 values (4.25 bits); NVFP4 an fp8 scale per 16 (4.5 bits).
+- Quantised checkpoints keep the embedding and LM head in 16 bits (AWQ/GPTQ/FP8 checkpoints in
+  vLLM and TensorRT-LLM do), so only the transformer-block weights shrink.
+- KV bytes per token = 2 · layers · kv_heads · head_dim · bytes (MLA: latent rank + rope dims, one
+  copy). Under tensor parallelism each rank needs at least one KV head, so when TP exceeds the KV
+  heads the cache is replicated (factor ``tp / kv_heads``); MLA's latent is replicated on every
+  rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moatmeter.catalog.modelarch import ModelArch
+
+GIB = float(2**30)
+RESERVE_FRACTION = 0.08  # estimate: activations, graphs, fragmentation (range 0.06-0.15)
+RESERVE_FIXED_BYTES = 1.0 * GIB  # estimate: runtime context, workspace (range 0.5-2 GiB)
+
+# Bytes per weight including quantisation scales (see module docstring for the sources).
+WEIGHT_BYTES: dict[str, float] = {
+    "fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "f16": 2.0,
+    "fp8": 1.0, "int8": 1.0, "q8_0": 34 / 32,
+    "fp6": 0.75, "q6_k": 6.5625 / 8, "q5_k_m": 5.7 / 8, "q5_0": 22 / 32, "q5_k_s": 5.5 / 8,
+    "int4": 4.25 / 8, "fp4": 4.25 / 8, "mxfp4": 4.25 / 8, "nvfp4": 4.5 / 8,
+    "q4_0": 18 / 32, "q4_k_m": 4.85 / 8, "q4_k_s": 4.58 / 8, "q3_k_m": 3.9 / 8,
+}
+KV_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "f16": 2.0, "fp8": 1.0,
+                              "int8": 1.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "int4": 0.5}
+# Which compute class a weight format belongs to: the peak it can use when the device has it.
+DTYPE_CLASS: dict[str, str] = {
+    "fp32": "fp32", "tf32": "fp32", "bf16": "bf16", "fp16": "bf16", "f16": "bf16",
+    "fp8": "fp8", "int8": "int8", "fp6": "fp6", "fp4": "fp4", "mxfp4": "fp4", "nvfp4": "fp4",
+    # weight-only: dequantised on the fly, math at 16 bits (llama.cpp's block formats included)
+    "int4": "wo", "q8_0": "wo", "q4_0": "wo", "q4_k_m": "wo", "q4_k_s": "wo", "q5_0": "wo",
+    "q5_k_m": "wo", "q5_k_s": "wo", "q6_k": "wo", "q3_k_m": "wo",
+}
+
+
+def norm_dtype(d: str) -> str:
+    return str(d).strip().lower().replace("-", "_")
+
+
+def weight_bytes_per_param(dtype: str) -> float | None:
+    return WEIGHT_BYTES.get(norm_dtype(dtype))
+
+
+def kv_bytes_per_elem(dtype: str) -> float | None:
+    return KV_BYTES.get(norm_dtype(dtype))
+
+
+def model_weight_bytes(arch: ModelArch, dtype: str) -> float:
+    """Total weight bytes; embeddings and LM head stay 16-bit when the rest is quantised."""
+    b = weight_bytes_per_param(dtype)
+    if b is None:
+        raise KeyError(dtype)
+    emb_b = max(b, 2.0) if b < 2.0 else b
+    return (arch.total_params - arch.embedding_params) * b + arch.embedding_params * emb_b
+
+
+def expert_bytes(arch: ModelArch, dtype: str) -> float:
+    """Bytes of one routed expert in one layer (0 for dense models)."""
+    b = weight_bytes_per_param(dtype) or 2.0
+    return arch.params_per_expert * b
+
+
+def kv_bytes_per_token(arch: ModelArch, kv_dtype: str, context: float | None = None) -> float:
+    """KV bytes per token summed over layers, unreplicated (see ``kv_replication``)."""
+    b = kv_bytes_per_elem(kv_dtype)
+    if b is None:
+        raise KeyError(kv_dtype)
+    return arch.kv_elems_per_token(context) * b
+
+
+def kv_replication(arch: ModelArch, tp: np.ndarray) -> np.ndarray:
+    """How many copies of each KV head the TP group stores in total, per token (≥ 1)."""
+    tp = np.asarray(tp, dtype=float)
+    if arch.is_mla:
+        return tp
+    return np.maximum(1.0, tp / max(arch.kv_heads, 1))
+
+
+def usable_bytes(memory_gb: np.ndarray) -> np.ndarray:
+    """Per-device bytes the engine can use for weights + KV after its reserve."""
+    mem = np.asarray(memory_gb, dtype=float) * GIB
+    return mem * (1.0 - RESERVE_FRACTION) - RESERVE_FIXED_BYTES
+
+
+def kv_pool(memory_gb: np.ndarray, weights_per_device: np.ndarray, devices: np.ndarray
+            ) -> np.ndarray:
+    """Bytes left for the KV cache over the whole replica (negative: weights do not fit)."""
+    return (usable_bytes(memory_gb) - weights_per_device) * np.asarray(devices, dtype=float)
+
+
+def max_sequences(pool_bytes: np.ndarray, kv_tok_bytes: np.ndarray, context: float | np.ndarray
+                  ) -> np.ndarray:
+    """Concurrent sequences whose full context fits the KV pool (a paged cache wastes < 4 %)."""
+    per_seq = np.asarray(kv_tok_bytes, dtype=float) * np.maximum(np.asarray(context, float), 1.0)
+    return np.floor(np.maximum(pool_bytes, 0.0) / np.maximum(per_seq, 1e-9))

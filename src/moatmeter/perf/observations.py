@@ -1,0 +1,355 @@
+"""Observation rows (data/README.md format) → deployments the model can predict, vectorised.
+
+How a published row becomes a deployment:
+- accelerator by catalog ``name`` (as in accelerators.csv) or id; stack by (engine, backend)
+  (llama.cpp's HIP build is backend ROCm); model by Hugging Face id or catalog id.
+- Parallelism: "TP=N" / "TPn" / "PP=N" in the notes wins. Otherwise llama.cpp-class engines split
+  layers (PP = count); latency scenarios use TP = count; throughput scenarios (offline, server)
+  use the smallest power-of-two TP that leaves ≥ 40 % of memory for the KV cache, replicated
+  data-parallel over the rest of the devices (how MLPerf and vendor tables are run).
+- ``server`` rows are goodput under the latency limits the notes state ("TTFT p99 <= 2 s and
+  TPOT p99 <= 200 ms", MLPerf's llama2-70b server limits, are the default); the model's p95 stands
+  in for p99.
+- A missing KV dtype means the engine default: 16-bit (fp16 for llama.cpp-class engines).
+Rows that cannot be modelled are skipped with a reason, never guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moatmeter.catalog.load import Catalog
+from moatmeter.catalog.modelarch import ModelArch, arch_of
+from moatmeter.errors import InputError
+from moatmeter.perf import memory as mem
+from moatmeter.perf.calibrate import Calibration
+from moatmeter.perf.deploy import DEFAULT_MAX_BATCH, Resolved, resolve
+from moatmeter.perf.serving import closed_loop, goodput
+from moatmeter.perf.step import prefill_time
+
+REQUIRED = ("id", "source", "accelerator", "count", "engine", "backend", "model", "weight_dtype",
+            "scenario", "input_len", "output_len", "metric", "value")
+OPTIONAL = ("engine_version", "kv_dtype", "concurrency", "notes")
+SCENARIOS = ("offline", "server", "single_stream", "fixed_concurrency", "prefill_only")
+METRICS = ("output_tokens_per_s", "total_tokens_per_s", "requests_per_s", "ttft_ms", "tpot_ms",
+           "prompt_tokens_per_s")
+LAYER_SPLIT_ENGINES = ("llama.cpp", "ollama")
+BACKEND_ALIASES = {"rocm": {"rocm", "hip"}, "hip": {"rocm", "hip"}}
+DEFAULT_SERVER_SLO = (2.0, 0.2)
+# Offline (max-throughput) runs are tuned to hold as many sequences as the KV cache allows;
+# this caps that batch where the row states no concurrency (TensorRT-LLM and vLLM benchmark
+# tools go to 1-4k sequences; an estimate).
+OFFLINE_MAX_BATCH = 2048.0
+
+
+def arch_class(a: ModelArch) -> str:
+    return "mla-moe" if a.is_mla else "moe" if a.is_moe else "dense"
+
+
+def read_observations(path: str | Path) -> list[dict[str, str]]:
+    """Rows of an observation CSV; a missing column is a one-line error naming file and column."""
+    p = Path(path)
+    try:
+        with p.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            for c in REQUIRED:
+                if c not in cols:
+                    raise InputError(f"missing column '{c}'", file=str(p))
+            rows = [dict(r) for r in reader]
+    except FileNotFoundError:
+        raise InputError("observations file not found", file=str(p)) from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read observations: {exc}", file=str(p)) from None
+    for r in rows:
+        for c in OPTIONAL:
+            r.setdefault(c, "")
+        for k in list(r):
+            r[k] = (r[k] or "").strip() if isinstance(r[k], str) else ""
+    return rows
+
+
+def bundled_observations() -> Path:
+    from moatmeter.catalog.load import bundled_dir
+
+    return bundled_dir() / "observations.csv"
+
+
+@dataclass
+class Obs:
+    id: str
+    source: str
+    accelerator: str
+    stack: str
+    model: str
+    weight_dtype: str
+    kv_dtype: str
+    tp: int
+    pp: int
+    replicas: float
+    scenario: str
+    concurrency: float  # whole system, NaN if absent
+    input_len: float
+    output_len: float
+    metric: str
+    value: float
+    vendor: str
+    family: str
+    engine: str
+    ttft_slo: float
+    tpot_slo: float
+    arch: str = "dense"
+
+
+def _num(v: str) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _slo(notes: str) -> tuple[float, float]:
+    out = list(DEFAULT_SERVER_SLO)
+    for i, name in enumerate(("TTFT", "TPOT")):
+        m = re.search(name + r"\s*p\d+\s*<=?\s*([\d.]+)\s*(ms|s)\b", notes)
+        if m:
+            out[i] = float(m.group(1)) * (1e-3 if m.group(2) == "ms" else 1.0)
+    return out[0], out[1]
+
+
+class _Index:
+    def __init__(self, cat: Catalog) -> None:
+        self.cat = cat
+        self.acc = {a.name.lower(): a.id for a in cat.accelerators.values()}
+        self.acc.update({a.id.lower(): a.id for a in cat.accelerators.values()})
+        self.model = {m.hf_id.lower(): m.id for m in cat.models.values()}
+        self.model.update({m.id.lower(): m.id for m in cat.models.values()})
+        self.stack: dict[tuple[str, str], str] = {}
+        for s in cat.stacks.values():
+            b = s.backend.lower()
+            for alias in BACKEND_ALIASES.get(b, {b}):
+                self.stack.setdefault((s.engine.lower(), alias), s.id)
+
+
+def _choose_parallel(cat: Catalog, row: dict[str, str], acc_id: str, model_id: str, count: int,
+                     engine: str, wdt: str, scenario: str) -> tuple[int, int] | str:
+    notes = row.get("notes", "")
+    mt = re.search(r"\bTP\s*=?\s*(\d+)", notes)
+    mp = re.search(r"\bPP\s*=?\s*(\d+)", notes)
+    if mt or mp:
+        tp = int(mt.group(1)) if mt else 1
+        pp = int(mp.group(1)) if mp else 1
+        if tp * pp > count or count % (tp * pp):
+            return f"notes give TP={tp} PP={pp}, which does not fit count {count}"
+        return tp, pp
+    if engine.lower() in LAYER_SPLIT_ENGINES:
+        return 1, count
+    if scenario in ("single_stream", "fixed_concurrency", "prefill_only"):
+        return count, 1
+    arch = arch_of(cat.model(model_id))
+    acc = cat.accelerator(acc_id)
+    usable = float(mem.usable_bytes(np.array([acc.memory_gb]))[0])
+    w = mem.model_weight_bytes(arch, wdt)
+    tp = 1
+    while tp < count and (w / tp > 0.6 * usable or arch.heads % tp or count % tp):
+        tp *= 2
+    return min(tp, count), 1
+
+
+def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[dict[str, str]]]:
+    """Rows → (modelable observations, skipped [{id, reason}])."""
+    ix = _Index(cat)
+    out: list[Obs] = []
+    skipped: list[dict[str, str]] = []
+    seen: set[str] = set()
+
+    def skip(rid: str, reason: str) -> None:
+        skipped.append({"id": rid, "reason": reason})
+
+    for n, r in enumerate(rows, start=1):
+        rid = r.get("id") or f"row {n}"
+        if rid in seen:
+            skip(rid, "duplicate id")
+            continue
+        seen.add(rid)
+        acc_id = ix.acc.get(r["accelerator"].lower())
+        if not acc_id:
+            skip(rid, f"unknown accelerator '{r['accelerator']}'")
+            continue
+        model_id = ix.model.get(r["model"].lower())
+        if not model_id:
+            skip(rid, f"unknown model '{r['model']}'")
+            continue
+        backend = r["backend"].lower()
+        stack_id = ix.stack.get((r["engine"].lower(), backend))
+        if not stack_id:
+            skip(rid, f"no stack for engine '{r['engine']}' on backend '{r['backend']}'")
+            continue
+        scen = r["scenario"].lower()
+        if scen not in SCENARIOS:
+            skip(rid, f"unsupported scenario '{r['scenario']}'")
+            continue
+        metric = r["metric"].lower()
+        if metric not in METRICS:
+            skip(rid, f"unsupported metric '{r['metric']}'")
+            continue
+        value = _num(r["value"])
+        if value is None or value <= 0:
+            skip(rid, "value is missing or not a positive number")
+            continue
+        count = _num(r["count"])
+        if count is None or count < 1 or count != int(count):
+            skip(rid, "count is not a positive integer")
+            continue
+        inp, outl = _num(r["input_len"]), _num(r["output_len"])
+        if inp is None or inp < 0:
+            skip(rid, "input_len is empty or negative: the prompt length is needed")
+            continue
+        if outl is None or outl < 0 or (outl == 0 and scen != "prefill_only"):
+            skip(rid, "output_len is empty or not positive")
+            continue
+        wdt = mem.norm_dtype(r["weight_dtype"])
+        if mem.weight_bytes_per_param(wdt) is None:
+            skip(rid, f"unknown weight dtype '{r['weight_dtype']}'")
+            continue
+        engine = r["engine"]
+        kvd = mem.norm_dtype(r.get("kv_dtype") or "")
+        if not kvd:
+            kvd = "fp16" if engine.lower() in LAYER_SPLIT_ENGINES else "bf16"
+        if mem.kv_bytes_per_elem(kvd) is None:
+            skip(rid, f"unknown KV dtype '{r.get('kv_dtype')}'")
+            continue
+        conc = _num(r.get("concurrency", ""))
+        if scen == "fixed_concurrency" and not conc:
+            skip(rid, "fixed_concurrency row without a concurrency")
+            continue
+        par = _choose_parallel(cat, r, acc_id, model_id, int(count), engine, wdt, scen)
+        if isinstance(par, str):
+            skip(rid, par)
+            continue
+        tp, pp = par
+        acc = cat.accelerator(acc_id)
+        ttft_slo, tpot_slo = _slo(r.get("notes", ""))
+        out.append(Obs(id=rid, source=r["source"], accelerator=acc_id, stack=stack_id,
+                       model=model_id, weight_dtype=wdt, kv_dtype=kvd, tp=tp, pp=pp,
+                       replicas=count / (tp * pp), scenario=scen,
+                       concurrency=conc if conc else float("nan"), input_len=inp,
+                       output_len=outl, metric=metric, value=value, vendor=acc.vendor,
+                       family=acc.family, engine=cat.stack(stack_id).engine,
+                       ttft_slo=ttft_slo, tpot_slo=tpot_slo,
+                       arch=arch_class(arch_of(cat.model(model_id)))))
+    return out, skipped
+
+
+@dataclass
+class Prepared:
+    obs: list[Obs]
+    res: Resolved
+    inp: np.ndarray
+    out: np.ndarray
+    rep: np.ndarray
+    conc: np.ndarray  # per replica, NaN if absent
+    scen: np.ndarray
+    metric: np.ndarray
+    measured: np.ndarray
+    ttft_slo: np.ndarray
+    tpot_slo: np.ndarray
+
+
+def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
+            ) -> tuple[Prepared, list[dict[str, str]]]:
+    """Resolve observations once; infeasible ones are returned as skipped with the reason."""
+    if not obs:
+        raise InputError("no observation rows can be modelled")
+    col = {k: np.array([getattr(o, k) for o in obs]) for k in (
+        "accelerator", "stack", "model", "tp", "pp", "weight_dtype", "kv_dtype", "input_len",
+        "output_len", "replicas", "concurrency")}
+    ctx = col["input_len"] + col["output_len"]
+    scen = np.array([o.scenario for o in obs])
+    mb = np.where(scen == "offline", OFFLINE_MAX_BATCH, DEFAULT_MAX_BATCH)
+    res = resolve(cat, accelerator=col["accelerator"], stack=col["stack"], model=col["model"],
+                  tp=col["tp"], pp=col["pp"], weight_dtype=col["weight_dtype"],
+                  kv_dtype=col["kv_dtype"], context=ctx, max_batch=mb, calib=calib)
+    keep = np.flatnonzero(res.feasible)
+    skipped = [{"id": obs[i].id, "reason": f"infeasible as mapped: {res.reason[i]}"}
+               for i in np.flatnonzero(~res.feasible)]
+    if len(keep) == 0:
+        raise InputError("no observation rows can be modelled")
+    if len(keep) < len(obs):
+        obs = [obs[i] for i in keep]
+        return prepare(cat, obs, calib)[0], skipped
+    p = Prepared(obs=obs, res=res, inp=col["input_len"].astype(float),
+                 out=col["output_len"].astype(float), rep=col["replicas"].astype(float),
+                 conc=col["concurrency"].astype(float) / col["replicas"].astype(float),
+                 scen=np.array([o.scenario for o in obs]), metric=np.array([o.metric for o in obs]),
+                 measured=np.array([o.value for o in obs]),
+                 ttft_slo=np.array([o.ttft_slo for o in obs]),
+                 tpot_slo=np.array([o.tpot_slo for o in obs]))
+    return p, skipped
+
+
+def predict_prepared(p: Prepared, eff_c: np.ndarray | None = None, eff_m: np.ndarray | None = None,
+                     overhead: np.ndarray | None = None) -> np.ndarray:
+    """Predicted value of each row's metric (whole system), with given or resolved efficiencies."""
+    s = p.res.s
+    if eff_c is not None:
+        s = s.with_eff(eff_c, eff_m, overhead)  # type: ignore[arg-type]
+    n = len(p.obs)
+    pred = np.full(n, np.nan)
+    bcap = p.res.bcap
+    conc = np.where(np.isnan(p.conc), np.nan, np.maximum(p.conc, 1.0))
+    rps = np.zeros(n)
+    ttft = np.zeros(n)
+    tpot = np.zeros(n)
+    # closed-loop scenarios
+    cl = np.isin(p.scen, ("offline", "single_stream", "fixed_concurrency"))
+    if cl.any():
+        i = np.flatnonzero(cl)
+        b = np.where(p.scen[i] == "single_stream", 1.0,
+                     np.where(np.isnan(conc[i]), bcap[i], np.minimum(conc[i], bcap[i])))
+        pt = closed_loop(s.take(i), b, p.inp[i], p.out[i])
+        rps[i], ttft[i], tpot[i] = pt.rate_rps, pt.ttft_mean, pt.tpot_mean
+    sv = p.scen == "server"
+    if sv.any():
+        i = np.flatnonzero(sv)
+        g = goodput(s.take(i), p.inp[i], p.out[i], bcap[i], p.ttft_slo[i], p.tpot_slo[i])
+        rps[i], ttft[i], tpot[i] = g.rate_rps, g.point.ttft_mean, g.point.tpot_mean
+    pf = p.scen == "prefill_only"
+    if pf.any():
+        i = np.flatnonzero(pf)
+        c = np.where(np.isnan(conc[i]), 1.0, conc[i])
+        t = prefill_time(s.take(i), p.inp[i], c).total
+        rps[i], ttft[i], tpot[i] = c / t, t, np.nan
+    rep = p.rep
+    outs = rps * p.out * rep
+    m = p.metric
+    pred = np.select(
+        [m == "output_tokens_per_s", m == "total_tokens_per_s", m == "requests_per_s",
+         m == "prompt_tokens_per_s", m == "ttft_ms", m == "tpot_ms"],
+        [outs, rps * (p.inp + p.out) * rep, rps * rep, rps * p.inp * rep, ttft * 1e3,
+         tpot * 1e3], default=np.nan)
+    return pred
+
+
+def rows_keys(p: Prepared) -> list[dict[str, str]]:
+    return [{"vendor": o.vendor, "family": o.family, "engine": o.engine.lower(), "stack": o.stack,
+             "pair": Calibration.pair_key(o.stack, o.family), "arch": o.arch} for o in p.obs]
+
+
+def ape(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    return np.abs(pred - measured) / measured
+
+
+def summary(apes: np.ndarray) -> dict[str, Any]:
+    a = apes[np.isfinite(apes)]
+    if len(a) == 0:
+        return {"n": 0, "median_ape": None, "p90_ape": None}
+    return {"n": len(a), "median_ape": float(np.median(a)), "p90_ape": float(np.percentile(a, 90))}

@@ -1,0 +1,192 @@
+"""Serving model: continuous batching with chunked prefill, closed loop, Poisson arrivals, goodput.
+
+All functions take arrays (one element per replica) and return arrays; no Python loop per replica.
+
+Closed loop (fixed concurrency B, the benchmark "max concurrency" mode), mean field: a request
+lives c + O − 1 engine steps (c = ⌈I / ``CHUNK_TOKENS``⌉ prefill chunks, then O − 1 decodes), so
+each of the other B − 1 requests contributes, per step, (O − 1)/(c + O − 1) decode tokens and
+I/(c + O − 1) prompt tokens on average.
+- TPOT(B) = a step holding this request's decode token plus the others' average mix (single
+  stream: a pure decode step);
+- TTFT(B) = c steps holding one chunk of this prompt plus the others' average mix (single
+  stream: the prefill alone);
+- throughput by Little's law, B requests every TTFT + (O − 1)·TPOT, and never below serving the
+  requests one at a time.
+
+Open loop (Poisson rate λ): the mean number of requests in the system N satisfies
+N = λ·(TTFT(N) + (O−1)·TPOT(N)); we parametrise by N, so λ(N) is the closed-loop rate at N (it
+grows with N) and λ_max = λ(B_cap), B_cap = min(engine max batch, KV-pool sequences). Queueing:
+- a prompt may wait for a free slot: M/M/c with c = B_cap, Sakasegawa's approximation
+  Lq ≈ ρ^√(2(c+1)) / (1 − ρ), ρ = λ/λ_max, Wq = Lq/λ;
+- prompts also queue for prefill compute: M/D/1 with service time s = the compute time of one
+  prompt (its marginal cost when batched), ρ_p = λ·s, Wq = ρ_p·s / (2(1 − ρ_p)).
+- p95 of a waiting time ≈ its mean · ln 20 (exponential tail); p95 of the running batch is
+  N + 1.645·√N (Poisson count), capped at B_cap, which sets p95 TPOT and the interference in TTFT.
+
+Goodput is the largest λ whose p95 TTFT and p95 TPOT meet the SLO. Both grow with N, so a
+vectorised bisection on log N over (N_MIN, B_cap) finds it in ``BISECT_ITERS`` array passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moatmeter.perf.step import StepInputs, StepTime, decode_step, prefill_time
+
+CHUNK_TOKENS = 2048.0  # vLLM's default chunked-prefill token budget for online serving
+N_MIN = 1e-3
+BISECT_ITERS = 18
+LN20 = float(np.log(20.0))
+Z95 = 1.645
+
+
+@dataclass
+class ServingPoint:
+    """Operating point arrays for one load level per replica."""
+
+    concurrency: np.ndarray  # mean sequences in the system
+    rate_rps: np.ndarray
+    ttft_mean: np.ndarray
+    ttft_p95: np.ndarray
+    tpot_mean: np.ndarray
+    tpot_p95: np.ndarray
+    output_tps: np.ndarray
+    step: StepTime  # the decode step at the mean batch (for the bottleneck)
+
+
+def _chunks(inp: np.ndarray) -> np.ndarray:
+    return np.ceil(np.maximum(inp, 1.0) / CHUNK_TOKENS)
+
+
+def _decode(s: StepInputs, n: np.ndarray, inp: np.ndarray, out: np.ndarray) -> StepTime:
+    """A step this request decodes in: itself plus the other n−1 requests' average mix."""
+    c = _chunks(inp)
+    life = c + np.maximum(out - 1.0, 0.0)
+    others = np.maximum(n - 1.0, 0.0)
+    dec = 1.0 + others * np.maximum(out - 1.0, 0.0) / life
+    pre_tok = others * inp / life
+    return decode_step(s, dec, inp + out / 2.0, pre_tok, inp / 2.0)
+
+
+def _ttft(s: StepInputs, n: np.ndarray, inp: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The steps that carry this request's prompt chunks, beside the others' average mix."""
+    c = _chunks(inp)
+    life = c + np.maximum(out - 1.0, 0.0)
+    others = np.maximum(n - 1.0, 0.0)
+    dec = others * np.maximum(out - 1.0, 0.0) / life
+    pre_tok = others * inp / life + inp / c
+    return c * decode_step(s, dec, inp + out / 2.0, pre_tok, inp / 2.0).total
+
+
+def closed_loop(s: StepInputs, concurrency: np.ndarray, inp: np.ndarray, out: np.ndarray
+                ) -> ServingPoint:
+    """Fixed concurrency B (B ≥ 1 requests always in flight)."""
+    b = np.maximum(np.asarray(concurrency, float), 1.0)
+    inp = np.asarray(inp, float)
+    out = np.asarray(out, float)
+    st = _decode(s, b, inp, out)
+    ttft = _ttft(s, b, inp, out)
+    dec = np.maximum(out - 1.0, 0.0)
+    rps = b / (ttft + dec * st.total)
+    # A scheduler can always serve one request at a time: never below single stream.
+    one = np.ones_like(b)
+    rps1 = 1.0 / (_ttft(s, one, inp, out) + dec * _decode(s, one, inp, out).total)
+    rps = np.maximum(rps, rps1)
+    return ServingPoint(concurrency=b, rate_rps=rps, ttft_mean=ttft, ttft_p95=ttft,
+                        tpot_mean=st.total, tpot_p95=st.total, output_tps=rps * out, step=st)
+
+
+@dataclass
+class _Ctx:
+    s: StepInputs
+    inp: np.ndarray
+    out: np.ndarray
+    pre: np.ndarray
+    bcap: np.ndarray
+    lam_max: np.ndarray
+
+
+def _context(s: StepInputs, inp: np.ndarray, out: np.ndarray, bcap: np.ndarray) -> _Ctx:
+    inp = np.broadcast_to(np.asarray(inp, float), (len(s),))
+    out = np.broadcast_to(np.asarray(out, float), (len(s),))
+    pre = prefill_time(s, inp).compute  # marginal cost of a prompt batched with others
+    bcap = np.maximum(np.asarray(bcap, float), 1.0)
+    lam_max = closed_loop(s, bcap, inp, out).rate_rps
+    return _Ctx(s, inp, out, pre, bcap, lam_max)
+
+
+def _open_at(c: _Ctx, n: np.ndarray) -> ServingPoint:
+    """Metrics when the mean number of requests in the system is ``n`` (0 < n ≤ B_cap)."""
+    s, inp, out = c.s, c.inp, c.out
+    n = np.clip(n, N_MIN, c.bcap)
+    n1 = np.maximum(n, 1.0)
+    st = _decode(s, n1, inp, out)
+    ttft0 = _ttft(s, n1, inp, out)
+    # below one request in the system on average, requests mostly run alone
+    lam = n / (ttft0 + np.maximum(out - 1.0, 0.0) * st.total)
+    rho = np.clip(lam / c.lam_max, 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lq = rho ** np.sqrt(2.0 * (c.bcap + 1.0)) / (1.0 - rho)
+        wq_slot = np.where(rho < 1.0, lq / np.maximum(lam, 1e-30), np.inf)
+        rho_p = lam * c.pre
+        wq_pre = np.where(rho_p < 1.0, rho_p * c.pre / (2.0 * (1.0 - rho_p)), np.inf)
+    n95 = np.minimum(c.bcap, n + Z95 * np.sqrt(n))
+    st95 = _decode(s, np.maximum(n95, 1.0), inp, out)
+    # an arrival also waits, on average, half of the step in progress
+    ttft_mean = ttft0 + 0.5 * st.total + wq_slot + wq_pre
+    ttft95 = _ttft(s, np.maximum(n95, 1.0), inp, out) + st95.total + LN20 * (wq_slot + wq_pre)
+    return ServingPoint(concurrency=n, rate_rps=lam, ttft_mean=ttft_mean, ttft_p95=ttft95,
+                        tpot_mean=st.total, tpot_p95=st95.total, output_tps=lam * out, step=st)
+
+
+def open_loop(s: StepInputs, rate: np.ndarray, inp: np.ndarray, out: np.ndarray,
+              bcap: np.ndarray) -> ServingPoint:
+    """Poisson arrivals at ``rate`` req/s; rates at or above λ_max give infinite TTFT."""
+    c = _context(s, inp, out, bcap)
+    rate = np.broadcast_to(np.asarray(rate, float), (len(s),))
+    lo = np.full(len(s), np.log(N_MIN))
+    hi = np.log(c.bcap)
+    for _ in range(BISECT_ITERS + 6):
+        mid = 0.5 * (lo + hi)
+        lam = _open_at(c, np.exp(mid)).rate_rps
+        below = lam < rate
+        lo = np.where(below, mid, lo)
+        hi = np.where(below, hi, mid)
+    p = _open_at(c, np.exp(0.5 * (lo + hi)))
+    over = rate >= c.lam_max
+    p.rate_rps = np.where(over, c.lam_max, rate)
+    p.output_tps = p.rate_rps * c.out
+    p.ttft_mean = np.where(over, np.inf, p.ttft_mean)
+    p.ttft_p95 = np.where(over, np.inf, p.ttft_p95)
+    return p
+
+
+@dataclass
+class Goodput:
+    rate_rps: np.ndarray
+    point: ServingPoint
+    lam_max: np.ndarray  # saturation rate (no SLO)
+
+
+def goodput(s: StepInputs, inp: np.ndarray, out: np.ndarray, bcap: np.ndarray,
+            ttft_slo: float | np.ndarray, tpot_slo: float | np.ndarray) -> Goodput:
+    """Highest Poisson rate meeting both p95 SLOs (0 where even a lone request misses them)."""
+    c = _context(s, inp, out, bcap)
+    lo = np.full(len(s), np.log(N_MIN))
+    hi = np.log(c.bcap)
+
+    def ok(p: ServingPoint) -> np.ndarray:
+        return (p.ttft_p95 <= ttft_slo) & (p.tpot_p95 <= tpot_slo)
+
+    feasible0 = ok(_open_at(c, np.exp(lo)))
+    for _ in range(BISECT_ITERS):
+        mid = 0.5 * (lo + hi)
+        good = ok(_open_at(c, np.exp(mid)))
+        lo = np.where(good, mid, lo)
+        hi = np.where(good, hi, mid)
+    p = _open_at(c, np.exp(lo))
+    rate = np.where(feasible0, p.rate_rps, 0.0)
+    p.output_tps = rate * c.out
+    return Goodput(rate_rps=rate, point=p, lam_max=c.lam_max)

@@ -1,0 +1,159 @@
+"""Prefill and decode step time, vectorised over arrays of deployments (one element per replica).
+
+A step is a roofline over the bytes each device must move and the FLOPs it must do:
+
+    t_stage = smooth_max(bytes / (bw · eff_m), flops / (peak · eff_c))
+
+``smooth_max`` is the p-norm (p = ``COMBINE_P``) rather than a hard max: real kernels overlap memory
+and compute imperfectly, so near the ridge point the time is higher than either term alone.
+
+- Decode at batch B and mean context c reads the dense weights, the *distinct* routed experts the
+  B tokens touch (E·(1 − (1 − k/E)^B) per MoE layer: each token picks k of E experts), and B·c KV
+  entries; FLOPs are 2·P_active per token (LM head included) plus 4·layers·heads·head_dim·c for
+  attention.
+- Tensor parallelism splits bytes and FLOPs by TP and adds two all-reduces of B·hidden activations
+  per layer (ring: 2(TP−1)/TP of the message over the unidirectional scale-up bandwidth, plus a
+  per-collective latency).
+- Pipeline parallelism splits layers across PP stages; the engine keeps PP micro-batches in flight,
+  so a decode step of B sequences costs PP stage-steps of B/PP sequences each (no latency gain,
+  more room for batch).
+- The engine's fixed per-step overhead (scheduling, sampling, kernel launches) is added once.
+- Speculative decoding verifies k drafted tokens per step; with per-token acceptance a the step
+  yields (1 − a^(k+1)) / (1 − a) tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+COMBINE_P = 3.0
+ACT_BYTES = 2.0  # activations exchanged by TP collectives travel in 16 bits
+
+
+@dataclass
+class StepInputs:
+    """Per-replica arrays (all length N, float) the step model needs; built by ``perf.deploy``."""
+
+    peak: np.ndarray  # FLOP/s per device at the compute dtype
+    bw: np.ndarray  # memory bytes/s per device
+    link_bw: np.ndarray  # scale-up bytes/s per device, one direction
+    link_lat: np.ndarray  # seconds per collective
+    tp: np.ndarray
+    pp: np.ndarray
+    eff_c: np.ndarray
+    eff_m: np.ndarray
+    overhead: np.ndarray  # seconds per engine step
+    w_dense: np.ndarray  # bytes of all non-routed-expert weights (whole model)
+    w_expert: np.ndarray  # bytes of one routed expert in one layer
+    n_experts: np.ndarray
+    topk: np.ndarray
+    moe_layers: np.ndarray
+    kv_tok: np.ndarray  # KV bytes per token over the replica (with TP replication)
+    flops_tok: np.ndarray  # 2 · active params incl. LM head
+    attn: np.ndarray  # layers · heads · head_dim (attention FLOPs scale)
+    hidden: np.ndarray
+    layers: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.peak)
+
+    def take(self, idx: np.ndarray) -> StepInputs:
+        return replace(self, **{k: np.asarray(v)[idx] for k, v in self.__dict__.items()})
+
+    def with_eff(self, eff_c: np.ndarray, eff_m: np.ndarray, overhead: np.ndarray) -> StepInputs:
+        return replace(self, eff_c=eff_c, eff_m=eff_m, overhead=overhead)
+
+
+def smooth_max(a: np.ndarray, b: np.ndarray, p: float = COMBINE_P) -> np.ndarray:
+    m = np.maximum(np.maximum(a, b), 1e-30)
+    return m * ((a / m) ** p + (b / m) ** p) ** (1.0 / p)
+
+
+def experts_touched(n_experts: np.ndarray, topk: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Expected distinct experts hit by ``tokens`` tokens choosing ``topk`` of ``n_experts``."""
+    e = np.maximum(n_experts, 1.0)
+    frac = np.clip(topk / e, 0.0, 1.0)
+    hit = e * -np.expm1(np.maximum(tokens, 0.0) * np.log1p(-np.minimum(frac, 1 - 1e-12)))
+    return np.where(n_experts > 0, np.minimum(hit, n_experts), 0.0)
+
+
+def _weights_read(s: StepInputs, tokens: np.ndarray) -> np.ndarray:
+    return s.w_dense + s.moe_layers * experts_touched(s.n_experts, s.topk, tokens) * s.w_expert
+
+
+def _comm(s: StepInputs, tokens: np.ndarray) -> np.ndarray:
+    """All-reduce time per stage: 2 collectives per layer of the stage's layers."""
+    tp = s.tp
+    ring = 2.0 * (tp - 1.0) / tp * tokens * s.hidden * ACT_BYTES / s.link_bw
+    return np.where(tp > 1, (s.layers / s.pp) * 2.0 * (s.link_lat + ring), 0.0)
+
+
+@dataclass
+class StepTime:
+    total: np.ndarray
+    memory: np.ndarray  # the memory-bound share of the stage time (for the bottleneck)
+    compute: np.ndarray
+    comm: np.ndarray
+    overhead: np.ndarray
+    bytes_per_device: np.ndarray  # per stage-step
+
+
+def decode_step(s: StepInputs, batch: np.ndarray, context: np.ndarray,
+                prefill_tokens: np.ndarray | float = 0.0, prefill_context: np.ndarray | float = 0.0
+                ) -> StepTime:
+    """One continuous-batching step: ``batch`` decodes plus ``prefill_tokens`` prompt tokens.
+
+    ``prefill_context`` is the mean causal context of those prefill tokens (about half the prompt).
+    """
+    pp = s.pp
+    devs = s.tp * pp
+    b = np.asarray(batch, float) / pp
+    x = np.asarray(prefill_tokens, float) / pp
+    tokens = b + x
+    bytes_dev = _weights_read(s, tokens) / devs + b * np.asarray(context, float) * s.kv_tok / devs
+    bytes_dev = bytes_dev + x * s.kv_tok / devs  # KV written by the prefill tokens
+    flops_dev = (tokens * s.flops_tok + 4.0 * s.attn * (b * context + x * prefill_context)) / devs
+    t_m = bytes_dev / (s.bw * s.eff_m)
+    t_c = flops_dev / (s.peak * s.eff_c)
+    stage = smooth_max(t_m, t_c)
+    comm = _comm(s, tokens)
+    p2p = np.where(pp > 1, (pp - 1.0) * s.link_lat, 0.0)
+    total = pp * (stage + comm) + p2p + s.overhead
+    return StepTime(total=total, memory=pp * t_m, compute=pp * t_c, comm=pp * comm + p2p,
+                    overhead=s.overhead, bytes_per_device=bytes_dev)
+
+
+def prefill_time(s: StepInputs, prompt: np.ndarray | float, n_prompts: np.ndarray | float = 1.0
+                 ) -> StepTime:
+    """Time to prefill ``n_prompts`` prompts of ``prompt`` tokens in one pass (no pipelining)."""
+    L = np.maximum(np.asarray(prompt, float), 1.0)
+    n = np.asarray(n_prompts, float)
+    T = L * n
+    devs = s.tp * s.pp
+    bytes_dev = (_weights_read(s, T) + T * s.kv_tok) / devs
+    flops_dev = (T * s.flops_tok + 2.0 * s.attn * n * L * L) / devs
+    t_m = bytes_dev / (s.bw * s.eff_m)
+    t_c = flops_dev / (s.peak * s.eff_c)
+    # A single pass walks the stages one after another: each stage holds 1/PP of the work.
+    stage = s.pp * smooth_max(t_m, t_c)
+    comm = _comm(s, T) * s.pp
+    p2p = np.where(s.pp > 1, (s.pp - 1.0) * s.link_lat, 0.0)
+    total = stage + comm + p2p + s.overhead
+    return StepTime(total=total, memory=s.pp * t_m, compute=s.pp * t_c, comm=comm + p2p,
+                    overhead=s.overhead,
+                    bytes_per_device=bytes_dev)
+
+
+def speculative_tpot(step_k: np.ndarray, draft_cost: np.ndarray | float, k: np.ndarray | float,
+                     accept: np.ndarray | float) -> np.ndarray:
+    """Time per output token when each step verifies ``k`` drafted tokens.
+
+    ``step_k`` is the target step time with (k+1) tokens per sequence, ``draft_cost`` the time to
+    draft one token; ``accept`` the per-token acceptance probability.
+    """
+    a = np.clip(np.asarray(accept, float), 0.0, 0.999999)
+    k = np.asarray(k, float)
+    tokens = (1.0 - a ** (k + 1.0)) / (1.0 - a)
+    return (step_k + k * draft_cost) / tokens

@@ -1,0 +1,260 @@
+"""Performance model: hand-computed physics, feasibility reasons and property tests."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moatmeter.catalog.load import load_catalog
+from moatmeter.catalog.modelarch import arch_of
+from moatmeter.errors import MoatError
+from moatmeter.perf import (
+    SLO,
+    Calibration,
+    DeploymentGrid,
+    Workload,
+    evaluate_grid,
+    predict_deployment,
+    single_stream_bound,
+)
+from moatmeter.perf import memory as mem
+from moatmeter.perf.deploy import resolve
+from moatmeter.perf.serving import closed_loop, goodput, open_loop
+from moatmeter.perf.step import StepInputs, decode_step, experts_touched, prefill_time
+
+CAT = load_catalog()
+
+
+# ------------------------------------------------------------------ physics, hand-computed
+
+
+def test_llama31_70b_weight_and_kv_bytes():
+    a = arch_of(CAT.model("llama-3.1-70b"))
+    # 70.55e9 parameters x 2 bytes
+    assert mem.model_weight_bytes(a, "bf16") == pytest.approx(141.1e9, rel=0.005)
+    # 2 (K,V) x 80 layers x 8 KV heads x 128 head_dim x 2 bytes
+    assert mem.kv_bytes_per_token(a, "bf16") == 327_680
+    assert mem.kv_bytes_per_token(a, "fp8") == 163_840
+    # int4 weights shrink the blocks but keep the 16-bit embeddings
+    q = mem.model_weight_bytes(a, "int4")
+    assert 0.25 * 141e9 < q < 0.35 * 141e9
+
+
+def test_decode_upper_bound_on_h100():
+    bound = single_stream_bound(CAT, "h100-sxm", "llama-3.1-70b", "bf16")
+    assert bound == pytest.approx(3.35e12 / 1.411e11, rel=0.01)  # ≈ 23.7 tok/s per device
+    p = predict_deployment(CAT, accelerator="h100-sxm", count=2, tp=2, stack="vllm-cuda",
+                           model="llama-3.1-70b", weight_dtype="bf16", input_tokens=128,
+                           output_tokens=256, concurrency=1)
+    assert p.feasible
+    decode_tps = 1.0 / p.tpot_s
+    assert decode_tps <= 2 * bound  # two devices' bandwidth at most
+    assert decode_tps > 0.4 * 2 * bound  # and not absurdly pessimistic
+
+
+def test_weights_do_not_fit_single_h100():
+    p = predict_deployment(CAT, accelerator="h100-sxm", count=1, tp=1, stack="vllm-cuda",
+                           model="llama-3.1-70b", weight_dtype="bf16", input_tokens=1024,
+                           output_tokens=256, concurrency=4)
+    assert not p.feasible and p.reason.startswith("weights do not fit")
+    assert p.memory.weights_gb == pytest.approx(141.1e9 / 2**30, rel=0.005)
+
+
+def test_moe_expected_experts():
+    e = experts_touched(np.array([8.0, 8.0, 256.0]), np.array([2.0, 2.0, 8.0]),
+                        np.array([1.0, 1000.0, 1.0]))
+    assert e[0] == pytest.approx(2.0)
+    assert e[1] == pytest.approx(8.0)
+    assert e[2] == pytest.approx(8.0)
+    # 2 tokens picking 2 of 8: 8·(1 − (6/8)²) = 3.5 distinct experts
+    assert experts_touched(np.array([8.0]), np.array([2.0]), np.array([2.0]))[0] == 3.5
+
+
+def test_mla_kv_is_latent_and_replicated_under_tp():
+    a = arch_of(CAT.model("deepseek-v3"))
+    assert mem.kv_bytes_per_token(a, "bf16") == (512 + 64) * a.layers * 2
+    r = resolve(CAT, accelerator="h200-sxm", stack="vllm-cuda", model="deepseek-v3",
+                tp=np.array([8]), pp=1, weight_dtype="fp8", kv_dtype="bf16", context=4096)
+    assert r.s.kv_tok[0] == 8 * (512 + 64) * a.layers * 2
+
+
+def _grid(**kw):
+    n = max(len(v) for v in kw.values() if isinstance(v, list))
+    full = {k: np.array(v if isinstance(v, list) else [v] * n) for k, v in kw.items()}
+    return DeploymentGrid(**full)
+
+
+def test_feasibility_reasons():
+    g = _grid(accelerator=["mi300x", "h100-sxm", "a100-sxm-80gb", "rtx-4090", "h100-sxm",
+                           "rtx-3090", "h100-sxm", "h100-sxm"],
+              stack=["vllm-cuda", "llamacpp-cuda", "vllm-cuda", "llamacpp-vulkan", "vllm-cuda",
+                     "vllm-cuda", "vllm-cuda", "vllm-cuda"],
+              tp=[1, 1, 1, 2, 3, 4, 2, 8], pp=1,
+              weight_dtype=["bf16", "fp8", "fp8", "int4", "bf16", "int4", "bf16", "fp4"],
+              kv_dtype="bf16")
+    r = evaluate_grid(CAT, "llama-3.1-8b", g, Workload(1024, 256), SLO(2.0, 0.1))
+    assert "does not support CDNA3" in r.reason[0]
+    assert "has no fp8 weights" in r.reason[1]
+    assert r.feasible[2]  # A100 has no FP8 tensor cores: weight-only FP8, bf16 math
+    assert "tensor parallelism" in r.reason[3]
+    assert "does not divide the attention heads" in r.reason[4]
+    assert "scale-up domain" in r.reason[5]
+    assert r.feasible[6] and r.reason[6] == ""
+    assert r.feasible[7]  # H100 has no fp4 peak: weight-only
+    assert r.bottleneck[0] == "" and r.goodput_rps[0] == 0
+    assert len(r.calibration_note) == len(g)
+
+
+def test_weight_only_fp8_on_ampere_uses_bf16_math():
+    r = resolve(CAT, accelerator="a100-sxm-80gb", stack="vllm-cuda", model="llama-3.1-8b",
+                tp=1, pp=1, weight_dtype="fp8", kv_dtype="bf16", context=2048)
+    assert r.compute_dtype[0] == "bf16" and "weight-only" in r.dtype_note[0]
+    r2 = resolve(CAT, accelerator="h100-sxm", stack="vllm-cuda", model="llama-3.1-8b",
+                 tp=1, pp=1, weight_dtype="fp8", kv_dtype="bf16", context=2048)
+    assert r2.compute_dtype[0] == "fp8"
+
+
+def test_goodput_meets_slo_and_below_saturation():
+    g = _grid(accelerator=["h100-sxm", "h200-sxm", "mi300x", "l40s"],
+              stack=["vllm-cuda", "trtllm-cuda", "vllm-rocm", "vllm-cuda"], tp=[1, 1, 1, 1],
+              pp=1, weight_dtype=["bf16", "fp8", "bf16", "fp8"], kv_dtype="bf16")
+    slo = SLO(ttft_p95_s=1.0, tpot_p95_s=0.05)
+    r = evaluate_grid(CAT, "llama-3.1-8b", g, Workload(1024, 256), slo)
+    assert r.feasible.all()
+    assert (r.goodput_rps > 0).all()
+    assert (r.ttft_p95_s <= slo.ttft_p95_s + 1e-9).all()
+    assert (r.tpot_p95_s <= slo.tpot_p95_s + 1e-9).all()
+    assert (r.output_tokens_per_s <= r.max_output_tokens_per_s * 1.0001).all()
+    assert (r.eff_sigma > 0).all() and (r.eff_compute <= 1).all() and (r.eff_memory <= 1).all()
+    # An SLO no single request meets gives zero goodput
+    r0 = evaluate_grid(CAT, "llama-3.1-8b", g, Workload(1024, 256), SLO(1e-4, 1e-4))
+    assert (r0.goodput_rps == 0).all()
+
+
+def test_rate_prediction_and_overload():
+    kw = dict(accelerator="h100-sxm", count=1, tp=1, stack="vllm-cuda", model="llama-3.1-8b",
+              weight_dtype="bf16", input_tokens=512, output_tokens=128)
+    low = predict_deployment(CAT, rate=0.5, **kw)
+    assert low.requests_per_s == pytest.approx(0.5, rel=1e-3)
+    assert low.ttft_p95_s >= low.ttft_s
+    over = predict_deployment(CAT, rate=low.saturation_rps * 2, **kw)
+    assert math.isinf(over.ttft_s) and any("saturation" in n for n in over.notes)
+
+
+def test_fallback_note_and_wider_sigma():
+    cal = Calibration()
+    cal.counts = {lv: {} for lv in cal.counts}
+    cal.counts["pair"]["vllm-cuda|Hopper"] = 10
+    cal.counts["stack"]["vllm-cuda"] = 10
+    cal.counts["family"]["Hopper"] = 10
+    cal.sigma["pair"]["vllm-cuda|Hopper"] = 0.1
+    cal.sigma["stack"]["vllm-cuda"] = 0.1
+    cal.sigma["family"]["Hopper"] = 0.1
+    seen = cal.lookup("vllm-cuda", "vLLM", "Hopper", "nvidia")
+    unseen = cal.lookup("vllm-cuda", "vLLM", "Blackwell", "nvidia")
+    assert "calibrated on 10" in seen.note
+    assert unseen.note.startswith("fallback") and unseen.sigma > seen.sigma
+
+
+def test_unknown_ids_raise_one_line_errors():
+    with pytest.raises(MoatError, match="unknown accelerator id 'h900'"):
+        predict_deployment(CAT, accelerator="h900", count=1, tp=1, stack="vllm-cuda",
+                           model="llama-3.1-8b", input_tokens=1, output_tokens=1)
+    with pytest.raises(MoatError, match="does not divide"):
+        predict_deployment(CAT, accelerator="h100-sxm", count=3, tp=3, stack="vllm-cuda",
+                           model="llama-3.1-8b", input_tokens=1, output_tokens=1)
+
+
+# ------------------------------------------------------------------ property tests
+
+
+def _inputs(n: int, bw: float, peak: float, params_b: float, tp: float = 1.0) -> StepInputs:
+    one = np.ones(n)
+    return StepInputs(peak=peak * one, bw=bw * one, link_bw=450e9 * one, link_lat=8e-6 * one,
+                      tp=tp * one, pp=one, eff_c=0.5 * one, eff_m=0.8 * one,
+                      overhead=2e-3 * one, w_dense=params_b * 2e9 * one, w_expert=0 * one,
+                      n_experts=0 * one, topk=0 * one, moe_layers=0 * one,
+                      kv_tok=131072.0 * one, flops_tok=2 * params_b * 1e9 * one,
+                      attn=32 * 32 * 128.0 * one, hidden=4096.0 * one, layers=32.0 * one)
+
+
+bws = st.floats(1e11, 1e13)
+peaks = st.floats(1e13, 5e15)
+params = st.floats(0.5, 200.0)
+lens = st.floats(1.0, 32768.0)
+batches = st.floats(1.0, 1024.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(bw=bws, factor=st.floats(1.0, 10.0), peak=peaks, p=params, b=batches, ctx=lens)
+def test_more_bandwidth_never_slows_decode(bw, factor, peak, p, b, ctx):
+    s = _inputs(2, bw, peak, p)
+    s.bw = np.array([bw, bw * factor])
+    t = decode_step(s, np.full(2, b), np.full(2, ctx)).total
+    assert t[1] <= t[0] * (1 + 1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(bw=bws, peak=peaks, p=params, b=batches, inp=lens, out=st.floats(1.0, 4096.0))
+def test_more_concurrency_never_below_single_stream(bw, peak, p, b, inp, out):
+    s = _inputs(2, bw, peak, p)
+    pt = closed_loop(s, np.array([1.0, b]), np.full(2, inp), np.full(2, out))
+    assert pt.output_tps[1] >= pt.output_tps[0] * (1 - 1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(bw=bws, peak=peaks, p=params, l1=lens, grow=st.floats(1.0, 8.0), b=batches)
+def test_ttft_grows_with_input_length(bw, peak, p, l1, grow, b):
+    s = _inputs(2, bw, peak, p)
+    inp = np.array([l1, l1 * grow])
+    assert np.diff(prefill_time(s, inp).total)[0] >= 0
+    pt = closed_loop(s, np.full(2, b), inp, np.full(2, 128.0))
+    assert pt.ttft_mean[1] >= pt.ttft_mean[0] * (1 - 1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(bw=bws, peak=peaks, p=params, out=st.floats(1.0, 2048.0), tp=st.sampled_from([1, 2, 4]))
+def test_single_stream_decode_below_bandwidth_bound(bw, peak, p, out, tp):
+    s = _inputs(1, bw, peak, p, tp=tp)
+    pt = closed_loop(s, np.ones(1), np.ones(1), np.full(1, out))
+    bytes_per_token = s.w_dense[0]  # weights read once per token at least
+    assert 1.0 / pt.tpot_mean[0] <= tp * bw / bytes_per_token * (1 + 1e-9)
+
+
+ACCS = sorted(CAT.accelerators)
+MODELS = sorted(CAT.models)
+
+
+@settings(max_examples=60, deadline=None)
+@given(acc=st.sampled_from(ACCS), model=st.sampled_from(MODELS),
+       dt=st.sampled_from(["bf16", "fp8", "int4", "q4_k_m"]), tp=st.sampled_from([1, 2, 4, 8]))
+def test_weights_exceeding_memory_are_infeasible(acc, model, dt, tp):
+    a = CAT.accelerator(acc)
+    stack = next(s.id for s in CAT.stacks.values() if a.family in s.families())
+    r = resolve(CAT, accelerator=acc, stack=stack, model=model, tp=np.array([tp]), pp=1,
+                weight_dtype=dt, kv_dtype="bf16", context=2048)
+    w_dev = mem.model_weight_bytes(arch_of(CAT.model(model)), dt) / tp
+    if w_dev > a.memory_gb * 2**30:
+        assert not r.feasible[0]
+    if r.feasible[0]:
+        assert r.weights_per_device[0] <= a.memory_gb * 2**30
+        assert r.max_sequences[0] >= 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(bw=bws, peak=peaks, p=params, r1=st.floats(0.01, 0.9), r2=st.floats(0.01, 0.9))
+def test_open_loop_latency_grows_with_rate(bw, peak, p, r1, r2):
+    s = _inputs(1, bw, peak, p)
+    inp, out, bcap = np.full(1, 512.0), np.full(1, 128.0), np.full(1, 64.0)
+    sat = closed_loop(s, bcap, inp, out).rate_rps[0]
+    lo, hi = sorted((r1, r2))
+    a = open_loop(s, np.array([lo * sat]), inp, out, bcap)
+    b = open_loop(s, np.array([hi * sat]), inp, out, bcap)
+    assert b.ttft_p95[0] >= a.ttft_p95[0] * (1 - 1e-6)
+    assert b.tpot_mean[0] >= a.tpot_mean[0] * (1 - 1e-6)
+    g = goodput(s, inp, out, bcap, 10.0, 10.0)
+    assert g.rate_rps[0] <= sat * (1 + 1e-9)
