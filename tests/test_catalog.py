@@ -148,7 +148,12 @@ def test_stacks_state_the_moat_honestly(cat: Any) -> None:
         assert st.families() <= fams | {"Emerald-Rapids"}, st.id
     assert "Hopper" in cat.stack("trtllm-cuda").families()
     assert not cat.stack("trtllm-cuda").families() & {"CDNA3", "RDNA3", "Gaudi3"}
-    assert "RDNA3" not in cat.stack("sglang-rocm").families()
+    sgl = cat.stack("sglang-rocm")
+    assert "RDNA3" in sgl.families() and "RDNA3" not in sgl.families(include_experimental=False)
+    trt_levels = {h.level for h in cat.stack("trtllm-cuda").hardware
+                  if "Blackwell-consumer" in h.families}
+    assert trt_levels == {"community"}
+    assert "Blackwell-consumer" in cat.stack("vllm-cuda").families(include_experimental=False)
     assert "RDNA3" in cat.stack("llamacpp-vulkan").families()
     assert "fp8" in cat.stack("vllm-cuda").weight_dtypes
     assert cat.stack("vllm-cuda").maturity == "mature"
