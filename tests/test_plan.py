@@ -173,6 +173,20 @@ def test_scenario_api_errors():
     assert s.traffic.avg_rps == pytest.approx(1.0)  # 86 400 requests over 24 h
 
 
+def test_scenario_overrides_reach_the_cost_model(cat, open_result):
+    r = plan(_scn(costs={"gpu_infra_engineer_base_salary": 0},
+                  site={"electricity_usd_per_kwh": 0.5, "colocation_usd_per_kw_month": 0}),
+             cat, samples=2000, seed=3)
+    own = [o for o in r.options if o.kind == "own"]
+    assert own and all(o.breakdown["staff"] == 0 and o.breakdown["facility"] == 0 for o in own)
+    a = {o.id: o for o in open_result.options}
+    same = [o for o in own if o.id in a]
+    assert same and all(o.breakdown["power"] > a[o.id].breakdown["power"] for o in same)
+    src = {x["id"]: x["source"] for x in r.assumptions}
+    assert "scenario file" in src["site_electricity"]
+    assert "scenario file" in src["gpu_infra_engineer_base_salary"]
+
+
 def test_unknown_cost_override_and_config_json_model(cat, tmp_path):
     with pytest.raises(InputError, match="unknown cost parameter 'electricty'"):
         plan(_scn(costs={"electricty": 0.1}), cat, samples=500)

@@ -15,7 +15,7 @@ import pytest
 
 from moatmeter.catalog.load import load_catalog
 from moatmeter.plan import plan
-from moatmeter.report.html import plotly_js, render, write_report
+from moatmeter.report.html import figures, plotly_js, render, write_report
 from moatmeter.scenario import scenario_from_dict
 
 EVIL = '<img src=x onerror="document.body.setAttribute(\'data-pwned\', 1)">'
@@ -79,9 +79,11 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
     # Plotly drew every figure: one plot container per figure, each with its SVG layers.
-    assert html.count('class="plot-container plotly"') == 4
-    assert len(re.findall(r'<svg class="main-svg"', html)) >= 8
-    assert 'data-plots="4"' in html
+    n = len(figures(d))
+    assert n == 5  # breakdown, $/M tokens, Pareto, tornado of the top and of the best owned
+    assert html.count('class="plot-container plotly"') == n
+    assert len(re.findall(r'<svg class="main-svg"', html)) >= 2 * n
+    assert f'data-plots="{n}"' in html
     # The page's error collector stayed empty and the console logged no error.
     m = re.search(r'<div id="js-errors"([^>]*)>(.*?)</div>', html, re.S)
     assert m and "data-count" not in m.group(1) and m.group(2).strip() == ""

@@ -103,6 +103,7 @@ class PlanResult:
     samples: int
     seed: int
     notes: list[str] = field(default_factory=list)
+    tornado_own: dict[str, Any] = field(default_factory=dict)  # best owned option, if not top
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +119,7 @@ class PlanResult:
             "rejected": [asdict(r) for r in self.rejected],
             "comparisons": self.comparisons,
             "tornado": self.tornado,
+            "tornado_own": self.tornado_own,
             "assumptions": self.assumptions,
             "notes": self.notes,
         }
@@ -471,6 +473,12 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
     base_usd, bars = MC.tornado(opt_arr, ps, ctx, top, n_groups=n_groups)
     tor = {"option": opts_all[top].id, "base_usd_per_mtok": base_usd,
            "bars": [{**asdict(b), "swing": b.swing} for b in bars]}
+    best_own = next((k for k in order if opts_all[k].kind == "own"), None)
+    tor_own: dict[str, Any] = {}
+    if best_own is not None and best_own != top:  # buying is the question; show its drivers too
+        b_usd, b_bars = MC.tornado(opt_arr, ps, ctx, best_own, n_groups=n_groups)
+        tor_own = {"option": opts_all[best_own].id, "base_usd_per_mtok": b_usd,
+                   "bars": [{**asdict(b), "swing": b.swing} for b in b_bars]}
     comps = []
     for k in order[1:6]:
         comps.append({"a": opts_all[top].id, "b": opts_all[k].id,
@@ -486,7 +494,7 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
         notes.append("served_within_slo < 1 means some Monte Carlo draws of realised "
                      "performance fall short of peak demand; those tokens are not counted.")
     return PlanResult(scn, model.id, ranked, rej, _assumptions(ps, scn), tor, comps,
-                      _demand(scn), samples, seed, notes)
+                      _demand(scn), samples, seed, notes, tornado_own=tor_own)
 
 
 def _per_node(acc: Accelerator | None) -> int:

@@ -136,8 +136,14 @@ def figures(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "layout": {**base_layout, "title": {"text": "Cost vs interactivity (Pareto front)"},
                    "xaxis": {"title": "tokens/s per user at goodput (1 / TPOT p95)"},
                    "yaxis": {"title": "P50 USD / M tokens", "type": "log"}}}
-    # Tornado.
-    tor = d.get("tornado") or {}
+    figs = {"breakdown": stacked, "usd_per_mtok": permtok, "pareto": pareto}
+    for key in ("tornado", "tornado_own"):
+        if d.get(key):
+            figs[key] = _tornado(d[key], base_layout)
+    return figs
+
+
+def _tornado(tor: dict[str, Any], base_layout: dict[str, Any]) -> dict[str, Any]:
     bars = list(reversed(tor.get("bars", [])))
     base = tor.get("base_usd_per_mtok", 0.0)
     labels = [_e(b["param"]) for b in bars]
@@ -157,7 +163,7 @@ def figures(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
                              " ($/M tokens, one input at a time)"},
                    "xaxis": {"title": "USD / M tokens"}, "yaxis": {"automargin": True},
                    "height": max(380, 30 * len(bars) + 140)}}
-    return {"breakdown": stacked, "usd_per_mtok": permtok, "pareto": pareto, "tornado": tornado}
+    return tornado
 
 
 def _table(headers: list[str], rows: list[list[Any]], cls: str = "") -> str:
