@@ -171,3 +171,15 @@ def test_import_hf_config_missing_a_field(runs: dict[str, Any]) -> None:
     line = _one_line_error(runs["import_bad"])
     assert "Tiny-Llama/config.json" in line and "num_hidden_layers" in line
     assert not (Path(runs["dirs"]["import"]) / "models.yaml").exists()
+
+
+def test_unknown_id_and_kind_are_user_errors() -> None:
+    from moatmeter.errors import CatalogError, InputError
+
+    invoke = CliRunner().invoke
+    with pytest.raises(CatalogError, match="id 'h100-sxm5' .did you mean: h100-sxm"):
+        invoke(app, ["catalog", "show", "h100-sxm5"], env={"MOATMETER_CATALOG": ""},
+               catch_exceptions=False)
+    with pytest.raises(InputError, match="unknown kind 'gpus'"):
+        invoke(app, ["catalog", "list", "gpus"], env={"MOATMETER_CATALOG": ""},
+               catch_exceptions=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -47,7 +48,10 @@ class Catalog:
         for kind in KINDS:
             if entry_id in self.table(kind):
                 return kind, self.table(kind)[entry_id]
-        raise CatalogError(f"no catalog entry with id '{entry_id}'")
+        every = [i for kind in KINDS for i in self.table(kind)]
+        near = difflib.get_close_matches(entry_id, every, n=3, cutoff=0.6)
+        hint = f" (did you mean: {', '.join(near)})" if near else " (see `moatmeter catalog list`)"
+        raise CatalogError(f"no catalog entry with id '{entry_id}'{hint}")
 
     def get(self, kind: str, entry_id: str) -> Any:
         table = self.table(kind)
