@@ -87,6 +87,7 @@ def test_sovereign_site_gets_no_cloud_or_api(cat):
 
 def test_missing_feature_makes_option_infeasible_with_reason(cat, open_result):
     # llama.cpp has no fp8 weights in the catalog: its fp8 candidates are rejected, not priced.
+    assert "fp8" not in cat.stack("llamacpp-cuda").weight_dtypes
     rej = {x.id: x.reason for x in open_result.rejected}
     assert "lacks fp8" in rej["h100-sxm/llamacpp-cuda/fp8"]
     assert not any(o.stack == "llamacpp-cuda" and o.precision == "fp8"
@@ -96,6 +97,14 @@ def test_missing_feature_makes_option_infeasible_with_reason(cat, open_result):
                      "constraints.accelerators": ["h100-sxm"]}), cat, samples=500)
     assert not r.options
     assert any("llamacpp-cuda lacks fp8" in x.reason for x in r.rejected)
+    # A stack without tensor parallelism cannot shard across devices.
+    no_tp = [s.id for s in cat.stacks.values()
+             if "Hopper" in s.families() and not s.has("tensor_parallel")]
+    if no_tp:
+        r = plan(_scn(**{"constraints.stacks": no_tp[:1], "constraints.precisions": ["bf16"],
+                         "constraints.accelerators": ["h100-sxm"]}), cat, samples=500)
+        assert any(f"{no_tp[0]} lacks tensor_parallel" in x.reason for x in r.rejected)
+        assert all(o.tp == 1 for o in r.options if o.kind != "api")
 
 
 def test_fixed_seed_is_reproducible(cat):

@@ -108,6 +108,7 @@ class PlanResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario.name,
+            "scenario_input": self.scenario.model_dump(mode="json"),
             "model": self.model,
             "currency": "USD",
             "token_basis": "input+output tokens served within SLO",
@@ -583,7 +584,9 @@ def _assumptions(ps: ParamSet, scn: Scenario) -> list[dict[str, Any]]:
         {"id": "staffing", "value": "per-node FTE for the first 4 servers, then 1 FTE per "
                                     "staff_fte_per_gpu_servers", "low": None, "high": None,
          "unit": "", "source": "moatmeter modelling choice from the two cited staffing rates",
-         "estimate": True, "note": "base salary only; fully loaded cost is higher"},
+         "estimate": True, "note": "base salary only; fully loaded cost is higher. Rented "
+                                   "fleets carry the same serving-ops staffing (no published "
+                                   "split between hardware and serving operations)"},
         {"id": "chip_to_server_power", "value": "dgx_h100_max_power / (8 x h100_tdp)",
          "low": None, "high": None, "unit": "x", "source": "DGX H100 10.2 kW / 8 x 700 W",
          "estimate": False, "note": "applied to every accelerator's TDP"},

@@ -160,7 +160,7 @@ def _tornado(tor: dict[str, Any], base_layout: dict[str, Any]) -> dict[str, Any]
          "hovertemplate": "%{y} = %{customdata}<extra>high</extra>"}],
         "layout": {**base_layout, "barmode": "overlay",
                    "title": {"text": "Sensitivity of " + _e(tor.get("option", "")) +
-                             " ($/M tokens, one input at a time)"},
+                             f" ($/M tokens; base case ${base:.3f}, one input at a time)"},
                    "xaxis": {"title": "USD / M tokens"}, "yaxis": {"automargin": True},
                    "height": max(380, 30 * len(bars) + 140)}}
     return tornado
