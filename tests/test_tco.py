@@ -205,3 +205,33 @@ def _stack(sid: str, engine: str, backend: str):
                                              "sources": src}],
         "weight_dtypes": ["bf16"], "kv_dtypes": ["bf16"], "precision_sources": src,
         "features": feats, "maturity": "mature"})
+
+
+def test_crf_limits_and_monotonicity():
+    assert C.crf(np.array([0.0]), 4)[0] == pytest.approx(0.25)
+    assert C.crf(np.array([1e-6]), 4)[0] == pytest.approx(0.25, rel=1e-5)
+    r = np.linspace(0.0, 0.3, 31)
+    assert np.all(np.diff(C.crf(r, 5)) > 0)  # dearer money, dearer annuity
+    assert C.residual_fraction(3) == pytest.approx(0.30)
+    assert C.residual_fraction(0) == 1.0 and C.residual_fraction(10) == pytest.approx(0.10)
+
+
+def test_costs_move_the_right_way_with_their_inputs():
+    ps, rows = make_params()
+    opt = options(rows, kinds=("own", "rent"), licence=True)
+    base = ps.base()
+    cols = 8
+    X = np.repeat(base[:, None], cols, axis=1)
+    X[rows["electricity"]] = np.linspace(0.05, 0.4, cols)
+    Z = np.zeros((1, cols))
+    out = C.compute(opt, X, Z, ctx(rows))
+    assert np.all(np.diff(out["power"][0]) > 0) and np.all(out["power"][1] == 0)
+    assert np.all(np.diff(out["total"][0]) > 0) and np.ptp(out["total"][1]) == 0
+    # A worse software-gap draw never serves more tokens, and costs more per token.
+    Zp = np.linspace(-3, 3, cols)[None, :]
+    X1 = np.repeat(base[:, None], cols, axis=1)
+    o2 = C.compute(opt, X1, Zp, ctx(rows))
+    assert np.all(np.diff(o2["tokens"][0]) >= 0) and np.all(np.diff(o2["usd_per_mtok"][0]) <= 0)
+    # Staffing grows with servers, at the small-fleet rate first, then per servers-per-FTE.
+    fte = C.staff_fte(np.array([0, 1, 4, 5, 79]), 0.5, 75.0)
+    np.testing.assert_allclose(fte, [0, 0.5, 2.0, 2.0 + 1 / 75, 2.0 + 75 / 75])
