@@ -22,6 +22,7 @@ def run_moatmeter(*args: str, env: dict[str, str] | None = None,
                           text=True, env=base, timeout=timeout, cwd=REPO)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def moatmeter() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """The subprocess runner above, for tests that need the real exit code and stderr."""
     return run_moatmeter
