@@ -107,6 +107,22 @@ def test_missing_feature_makes_option_infeasible_with_reason(cat, open_result):
         assert all(o.tp == 1 for o in r.options if o.kind != "api")
 
 
+def test_length_ranges_widen_the_spread_not_the_sizing(cat, open_result):
+    r = plan(_scn(**{"traffic.input_tokens": {"value": 1000, "low": 400, "high": 4000}}), cat,
+             samples=2000, seed=3)
+    a = {o.id: o for o in open_result.options}
+    same = [o for o in r.options if o.id in a and o.kind == "own"]
+    assert same
+    for o in same:
+        assert o.count == a[o.id].count  # sized at the central length
+        assert o.capacity_hi_rps < o.capacity_rps < o.capacity_lo_rps  # longer = fewer req/s
+        spread = o.usd_per_mtok_p90 - o.usd_per_mtok_p10
+        assert spread > a[o.id].usd_per_mtok_p90 - a[o.id].usd_per_mtok_p10
+    names = {b["param"] for b in r.tornado["bars"]} | {b["param"] for b in
+                                                       r.tornado_own.get("bars", [])}
+    assert "traffic_input_tokens" in names
+
+
 def test_fixed_seed_is_reproducible(cat):
     a = plan(_scn(), cat, samples=1000, seed=11).to_dict()
     b = plan(_scn(), cat, samples=1000, seed=11).to_dict()

@@ -59,6 +59,9 @@ class Option:
     vendor: str | None = None
     goodput_rps_per_replica: float = 0.0
     capacity_rps: float = 0.0
+    # Fleet goodput at the short/long ends of the request-length range (None: lengths fixed).
+    capacity_lo_rps: float | None = None
+    capacity_hi_rps: float | None = None
     ttft_p95_s: float | None = None
     tpot_p95_s: float | None = None
     interactivity_tok_s: float | None = None  # tokens/s one user sees (1 / TPOT)
@@ -270,7 +273,7 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
         tp=np.array([c.tp for c in cands]), pp=np.array([c.pp for c in cands]),
         weight_dtype=np.array([c.prec for c in cands]), kv_dtype=np.array([c.kv for c in cands]))
     res = evaluate_grid(catalog, model, grid,
-                        Workload(t.input_tokens, t.output_tokens, t.prefix_cache_hit),
+                        Workload(t.in_tok, t.out_tok, t.prefix_cache_hit),
                         SLO(scn.slo.ttft_p95_s, scn.slo.tpot_p95_s))
 
     base = ps.base()
@@ -326,7 +329,7 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
             price_source=pr[1], migration=mig.describe())
         own.append(o)
         meta.append({"price_row": pr[0], "group": groups[key], "mig": mig, "stack": c.stack,
-                     "acc": c.acc})
+                     "acc": c.acc, "kv": c.kv})
 
     def build(opts: list[Option], ms: list[dict[str, Any]]) -> C.Options:
         def arr(fn: Callable[[Option, dict[str, Any]], Any], dtype: Any = float) -> np.ndarray:
@@ -365,18 +368,35 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
             capacity_rps=arr(lambda o, m: o.capacity_rps if o.kind != "api" else 0.0),
             sigma=arr(lambda o, m: o.eff_sigma),
             perf_group=arr(lambda o, m: m.get("group", 0), int),
+            capacity_lo_rps=arr(lambda o, m: o.capacity_lo_rps or 0.0)
+            if ctx.length_points else None,
+            capacity_hi_rps=arr(lambda o, m: o.capacity_hi_rps or 0.0)
+            if ctx.length_points else None,
         )
 
     horizon = scn.horizon_years
     ctx = C.Context(rows=rows, horizon_years=horizon, hours_per_day=t.hours_per_day,
-                    avg_rps=avg, peak_rps=peak, input_tokens=t.input_tokens,
-                    output_tokens=t.output_tokens)
+                    avg_rps=avg, peak_rps=peak, input_tokens=t.in_tok,
+                    output_tokens=t.out_tok)
+    rin, rout = as_range(t.input_tokens), as_range(t.output_tokens)
+    assert rin is not None and rout is not None
+    rows["input_tokens"] = ps.add(Param("traffic_input_tokens", rin.value, rin.low, rin.high,
+                                        "tokens", f"scenario {file}: traffic.input_tokens"))
+    rows["output_tokens"] = ps.add(Param("traffic_output_tokens", rout.value, rout.low,
+                                         rout.high, "tokens",
+                                         f"scenario {file}: traffic.output_tokens"))
+    if t.lengths_uncertain:
+        ctx.length_points = (rin.low + rout.low, rin.value + rout.value, rin.high + rout.high)
 
     # Overrides now that every row exists (prices, rentals and API rows are added below, so an
     # override of those is applied again after they are added).
     say("pricing the base case")
     apply_overrides(ps, {k: v for k, v in scn.costs.items() if k in ps}, file=file)
     own_kept, meta_kept = _prune(own, meta, build, ps, ctx, groups, rej)
+
+    if ctx.length_points and own_kept:
+        say("predicting the length-range ends")
+        _length_ends(catalog, model, scn, own_kept, meta_kept, rin, rout)
 
     # Renting the best own configuration per rentable accelerator.
     rent: list[Option] = []
@@ -498,6 +518,27 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
                       _demand(scn), samples, seed, notes, tornado_own=tor_own)
 
 
+def _length_ends(cat: Catalog, model: Any, scn: Scenario, opts: list[Option],
+                 metas: list[dict[str, Any]], rin: Any, rout: Any) -> None:
+    """Goodput of each kept deployment at the short and long ends of the length ranges."""
+    from moatmeter.perf import evaluate_grid
+
+    grid = DeploymentGrid(
+        accelerator=np.array([o.accelerator for o in opts]),
+        stack=np.array([o.stack for o in opts]), tp=np.array([o.tp for o in opts]),
+        pp=np.array([o.pp for o in opts]), weight_dtype=np.array([o.precision for o in opts]),
+        kv_dtype=np.array([m["kv"] for m in metas]))
+    slo = SLO(scn.slo.ttft_p95_s, scn.slo.tpot_p95_s)
+    pc = scn.traffic.prefix_cache_hit
+    ends = []
+    for li, lo_ in ((rin.low, rout.low), (rin.high, rout.high)):
+        res = evaluate_grid(cat, model, grid, Workload(li, lo_, pc), slo)
+        ends.append(np.where(res.feasible, res.goodput_rps, 0.0))
+    for i, o in enumerate(opts):
+        o.capacity_lo_rps = float(ends[0][i]) * o.replicas
+        o.capacity_hi_rps = float(ends[1][i]) * o.replicas
+
+
 def _per_node(acc: Accelerator | None) -> int:
     """Devices per server for staffing: 8-GPU HGX-style nodes, 4 in workstations/desktops."""
     if acc is None:
@@ -560,8 +601,8 @@ def _demand(scn: Scenario) -> dict[str, float]:
     t = scn.traffic
     per_day = t.avg_rps * t.hours_per_day * 3600.0
     return {"avg_rps": t.avg_rps, "peak_rps": t.peak_rps, "requests_per_day": per_day,
-            "tokens_per_day": per_day * (t.input_tokens + t.output_tokens),
-            "input_tokens": t.input_tokens, "output_tokens": t.output_tokens,
+            "tokens_per_day": per_day * (t.in_tok + t.out_tok),
+            "input_tokens": t.in_tok, "output_tokens": t.out_tok,
             "hours_per_day": t.hours_per_day}
 
 

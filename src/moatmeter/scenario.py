@@ -65,14 +65,20 @@ def as_range(x: float | Range | None) -> Range | None:
 class Traffic(_Strict):
     requests_per_s: PositiveFloat | None = None  # average over the active hours
     tokens_per_day: PositiveFloat | None = None  # input + output tokens per day
-    input_tokens: PositiveFloat = 1000.0
-    output_tokens: PositiveFloat = 200.0
+    # Mean tokens per request; a range makes the length uncertain (sampled in Monte Carlo, with
+    # the performance model evaluated at the range ends).
+    input_tokens: PositiveFloat | Range = 1000.0
+    output_tokens: PositiveFloat | Range = 200.0
     peak_to_average: Annotated[float, Field(ge=1.0)] = 1.0
     hours_per_day: Annotated[float, Field(gt=0.0, le=24.0)] = 24.0
     prefix_cache_hit: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
     @model_validator(mode="after")
     def _one_rate(self) -> Traffic:
+        for name in ("input_tokens", "output_tokens"):
+            r = getattr(self, name)
+            if isinstance(r, Range) and r.low <= 0:
+                raise ValueError(f"{name}: low must be greater than 0")
         if self.requests_per_s is None and self.tokens_per_day is None:
             raise ValueError("give requests_per_s or tokens_per_day")
         if self.requests_per_s is not None and self.tokens_per_day is not None:
@@ -84,8 +90,22 @@ class Traffic(_Strict):
         """Average request rate during the active hours."""
         if self.requests_per_s is not None:
             return float(self.requests_per_s)
-        per_req = self.input_tokens + self.output_tokens
+        per_req = self.in_tok + self.out_tok
         return float(self.tokens_per_day) / per_req / (self.hours_per_day * 3600.0)
+
+    @property
+    def in_tok(self) -> float:
+        """Central prompt length (sizing and the perf model use it)."""
+        return float(getattr(self.input_tokens, "value", self.input_tokens))
+
+    @property
+    def out_tok(self) -> float:
+        return float(getattr(self.output_tokens, "value", self.output_tokens))
+
+    @property
+    def lengths_uncertain(self) -> bool:
+        return any(isinstance(r, Range) and r.high > r.low
+                   for r in (self.input_tokens, self.output_tokens))
 
     @property
     def peak_rps(self) -> float:

@@ -9,6 +9,7 @@ Monte Carlo run (S = 10 000) and the tornado (one column per flipped parameter).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,9 @@ class Options:
     capacity_rps: np.ndarray  # goodput of the whole fleet at the nominal efficiency
     sigma: np.ndarray  # log-space sd of realised performance
     perf_group: np.ndarray  # int: options sharing (stack, family) share one draw
+    # Fleet goodput at the short and long ends of the request-length range (None: = capacity).
+    capacity_lo_rps: np.ndarray | None = None
+    capacity_hi_rps: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.id)
@@ -64,6 +68,10 @@ class Context:
     input_tokens: float
     output_tokens: float
     extra: dict[str, float] = field(default_factory=dict)
+    # Total request length (in+out) at the low end, centre and high end of the length ranges;
+    # None when lengths are fixed. Capacity is interpolated on the sampled length between the
+    # performance model's evaluations at these three points.
+    length_points: tuple[float, float, float] | None = None
 
 
 def crf(r: np.ndarray, n: float) -> np.ndarray:
@@ -87,6 +95,19 @@ def staff_fte(nodes: np.ndarray, small_rate: np.ndarray, servers_per_fte: np.nda
     return np.where(n > 0, first + rest, 0.0)
 
 
+def _capacity(opt: Options, ctx: Context, length: Any) -> np.ndarray:
+    """Fleet goodput (O, S): piecewise-linear in request length between the three evaluations."""
+    mid = opt.capacity_rps[:, None]
+    if ctx.length_points is None or opt.capacity_lo_rps is None or opt.capacity_hi_rps is None:
+        return mid
+    lo_x, mid_x, hi_x = ctx.length_points
+    n = np.clip(np.asarray(length, dtype=float), lo_x, hi_x)
+    a = np.where(n < mid_x, (mid_x - n) / max(mid_x - lo_x, 1e-12), 0.0)  # weight of low end
+    c = np.where(n > mid_x, (n - mid_x) / max(hi_x - mid_x, 1e-12), 0.0)  # weight of high end
+    return (opt.capacity_lo_rps[:, None] * a + opt.capacity_hi_rps[:, None] * c
+            + mid * (1.0 - a - c))
+
+
 def compute(opt: Options, X: np.ndarray, z: np.ndarray, ctx: Context) -> dict[str, np.ndarray]:
     """All line items (O, S) in USD over the horizon, plus ``tokens`` served within SLO."""
     R = ctx.rows
@@ -101,14 +122,17 @@ def compute(opt: Options, X: np.ndarray, z: np.ndarray, ctx: Context) -> dict[st
     hosted = own | rent
     gpus = opt.gpus[:, None].astype(float)
 
+    # Request lengths: sampled when the scenario gives ranges, else the fixed means.
+    l_in = X[R["input_tokens"]][None, :] if "input_tokens" in R else ctx.input_tokens
+    l_out = X[R["output_tokens"]][None, :] if "output_tokens" in R else ctx.output_tokens
     # Realised performance: lognormal(0, sigma) on the fleet's goodput (the software gap).
     f = np.exp(opt.sigma[:, None] * z[opt.perf_group])
-    cap = opt.capacity_rps[:, None] * f
+    cap = _capacity(opt, ctx, l_in + l_out) * f
     day_frac = ctx.hours_per_day / 24.0
     served_frac = np.where(hosted, np.minimum(1.0, cap / max(ctx.peak_rps, 1e-12)), 1.0)
     util_active = np.where(hosted, np.minimum(1.0, ctx.avg_rps / np.maximum(cap, 1e-12)), 0.0)
-    demand_tokens = (ctx.avg_rps * ctx.hours_per_day * 3600.0 * 365.0 * H
-                     * (ctx.input_tokens + ctx.output_tokens))
+    requests = ctx.avg_rps * ctx.hours_per_day * 3600.0 * 365.0 * H
+    demand_tokens = requests * (l_in + l_out)
     tokens = demand_tokens * served_frac
 
     # Capital: devices + spares, server, network, hidden extras; recovered at the cost of capital
@@ -160,9 +184,8 @@ def compute(opt: Options, X: np.ndarray, z: np.ndarray, ctx: Context) -> dict[st
                                       1.0 - g("reserved_discount_vs_ondemand"), 1.0)
     rent_cost = np.where(rent, rate * gpus * rent_hours * H, 0.0)
 
-    per_m = demand_tokens / 1e6 / (ctx.input_tokens + ctx.output_tokens)
-    api_cost = np.where(api, per_m * (ctx.input_tokens * X[opt.api_in_row]
-                                      + ctx.output_tokens * X[opt.api_out_row]), 0.0)
+    api_cost = np.where(api, requests / 1e6 * (l_in * X[opt.api_in_row]
+                                               + l_out * X[opt.api_out_row]), 0.0)
 
     out = {
         "capex": capex, "power": power, "facility": facility, "maintenance": maintenance,

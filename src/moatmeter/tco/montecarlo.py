@@ -116,7 +116,10 @@ def _take(opt: Options, idx: list[int]) -> Options:
     kw = {}
     for name in opt.__dataclass_fields__:
         v = getattr(opt, name)
-        kw[name] = [v[i] for i in idx] if isinstance(v, list) else np.asarray(v)[idx]
+        if v is None:
+            kw[name] = None
+        else:
+            kw[name] = [v[i] for i in idx] if isinstance(v, list) else np.asarray(v)[idx]
     return Options(**kw)
 
 
