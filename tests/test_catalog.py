@@ -295,3 +295,14 @@ def test_yaml_is_loaded_safely(tmp_path: Path, text: str, words: str) -> None:
     with pytest.raises(CatalogError, match=re.escape(words)) as exc:
         read_yaml(f)
     assert str(f) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_unquoted_yaml_dates_are_accepted() -> None:
+    raw = yaml.safe_load("ref: vendor datasheet\ndate: 2025-01-15\n")
+    assert raw["date"].__class__.__name__ == "date"  # what PyYAML hands us
+    from moatmeter.catalog.schema import Source
+
+    assert Source.model_validate(raw).date == "2025-01-15"
+    a = Accelerator.model_validate(_acc(price_usd=100, price_date=yaml.safe_load("2024-06-01"),
+                                        sources=[{"ref": "quote", "date": 2024}]))
+    assert (a.price_date, a.sources[0].date) == ("2024-06-01", "2024")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Annotated, Any, Literal
 
@@ -53,12 +54,26 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _date_text(v: Any) -> Any:
+    """YAML reads an unquoted 2025-01-15 as a date and 2025 as an int; both mean the text."""
+    if isinstance(v, dt.date):
+        return v.isoformat()[:10]
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    return v
+
+
 class Source(Strict):
     """Where a number comes from: a URL or a document title, and the date it was published/read."""
 
     ref: Annotated[str, Field(min_length=3)]
     date: Annotated[str, Field(pattern=r"^\d{4}(-\d{2}(-\d{2})?)?$")]
     note: str = ""
+
+    @field_validator("date", mode="before")
+    @classmethod
+    def _unquoted_yaml_date(cls, v: Any) -> Any:
+        return _date_text(v)
 
 
 Sources = Annotated[list[Source], Field(min_length=1)]
@@ -99,6 +114,11 @@ class Accelerator(Entry):
     price_note: str = ""
     confidence: Confidence
     notes: str = ""
+
+    @field_validator("price_date", mode="before")
+    @classmethod
+    def _price_date(cls, v: Any) -> Any:
+        return _date_text(v)
 
     @model_validator(mode="after")
     def _has_peak(self) -> Accelerator:
