@@ -306,3 +306,12 @@ def test_unquoted_yaml_dates_are_accepted() -> None:
     a = Accelerator.model_validate(_acc(price_usd=100, price_date=yaml.safe_load("2024-06-01"),
                                         sources=[{"ref": "quote", "date": 2024}]))
     assert (a.price_date, a.sources[0].date) == ("2024-06-01", "2024")
+
+
+def test_unquoted_yes_no_feature_levels() -> None:
+    text = Path(__file__).read_text().split("# STACK-EXAMPLE\n")[1].split("# END\n")[0]
+    raw = yaml.safe_load(text.replace("# ", "").replace('"yes"', "yes").replace('"no"', "no"))
+    assert raw["features"]["paged_attention"]["level"] is True
+    st = Stack.model_validate(raw)
+    assert st.features["paged_attention"].level == "yes"
+    assert st.features["flash_attention"].level == "no"

@@ -144,6 +144,12 @@ class Support(Strict):
     sources: Sources
     note: str = ""
 
+    @field_validator("level", mode="before")
+    @classmethod
+    def _yaml_bool(cls, v: Any) -> Any:
+        """Unquoted yes/no are booleans in YAML 1.1; read them as the words the user wrote."""
+        return {True: "yes", False: "no"}.get(v, v) if isinstance(v, bool) else v
+
 
 class HardwareSupport(Strict):
     families: Annotated[list[str], Field(min_length=1)]
