@@ -274,6 +274,17 @@ def test_overlay_adds_and_overrides_by_id(tmp_path: Path, monkeypatch: pytest.Mo
     assert validate_dir(d)["accelerators"] == 2
 
 
+@pytest.mark.parametrize("name", ["accelerator.yaml", "costs.yml", "Stacks.yaml"])
+def test_misspelt_catalog_file_is_named(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_text("[]\n")
+    (tmp_path / "my-scenario.yaml").write_text("model: llama-3.1-8b\n")  # unrelated: ignored
+    with pytest.raises(CatalogError, match="not a catalog file name; did you mean") as exc:
+        load_catalog(tmp_path)
+    assert exc.value.file == str(tmp_path / name)
+    (tmp_path / name).unlink()
+    assert len(load_catalog(tmp_path).accelerators) >= 25
+
+
 def test_user_stack_with_unknown_family_is_refused(tmp_path: Path) -> None:
     raw = yaml.safe_load(Path(__file__).read_text().split("# STACK-EXAMPLE\n")[1]
                          .split("# END\n")[0].replace("# ", ""))

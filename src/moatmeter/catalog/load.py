@@ -154,7 +154,22 @@ def parse_entries(kind: str, raw: Any, path: Path) -> list[BaseModel]:
     return out
 
 
+def _check_file_names(directory: Path) -> None:
+    """A misspelt catalog file (accelerator.yaml, costs.yml) would be ignored without a word;
+    unrelated YAML files (e.g. scenarios) are left alone."""
+    expected = [f"{k}.yaml" for k in KINDS]
+    for p in sorted(directory.iterdir()):
+        if p.suffix not in (".yaml", ".yml") or p.name in expected:
+            continue
+        near = difflib.get_close_matches(p.stem.lower(), list(KINDS), n=1, cutoff=0.75)
+        if near:
+            raise CatalogError(f"not a catalog file name; did you mean {near[0]}.yaml? "
+                               f"(catalog files: {', '.join(expected)})", file=str(p))
+
+
 def _load_dir(cat: Catalog, directory: Path, *, require: bool) -> None:
+    if not require:
+        _check_file_names(directory)
     for kind in KINDS:
         path = directory / f"{kind}.yaml"
         if not path.exists():
