@@ -18,10 +18,12 @@ import contextlib
 import json
 import os
 import platform
+import queue
 import signal
 import socket
 import ssl
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -151,17 +153,168 @@ class _Failure(Exception):
         self.kind, self.detail, self.status = kind, detail, status
 
 
-@dataclass
-class _Conn:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+class _Proto(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; parses the response in ``data_received``.
+
+    Parsing in the protocol callback (no coroutine wake-up per read) keeps the client's cost per
+    event low, and each event is timestamped the moment it is parsed.
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        self.ndjson = endpoint == "ollama"
+        self.endpoint = endpoint
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.fut: asyncio.Future[bool] | None = None
+        self.rec: RequestRecord | None = None
+        self.last = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
     def usable(self) -> bool:
-        return not (self.reader.at_eof() or self.writer.is_closing())
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def start(self, rec: RequestRecord, data: bytes) -> asyncio.Future[bool]:
+        loop = asyncio.get_running_loop()
+        self.rec = rec
+        self.fut = loop.create_future()
+        self.last = time.monotonic()
+        self.head = b""
+        self.status = 0
+        self.body: _Body | None = None
+        self.events = _Events(self.ndjson)
+        self.err_text = b""
+        self.chunks: list[int] = []
+        self.coalesced = 0
+        self.finished = False
+        self.keep = False
+        assert self.transport is not None
+        self.transport.write(data)
+        return self.fut
+
+    def _done(self, result: bool | _Failure) -> None:
+        fut = self.fut
+        if fut is None or fut.done():
+            return
+        rec = self.rec
+        assert rec is not None
+        rec.end_ns = _clock()  # when the stream ended, not when the request's task next runs
+        rec.chunk_ns = np.asarray(self.chunks, dtype=np.int64)
+        rec.coalesced = self.coalesced
+        if isinstance(result, _Failure):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
+
+    def data_received(self, data: bytes) -> None:
+        self.last = time.monotonic()
+        if self.fut is None or self.fut.done():
+            return
+        try:
+            self._feed(data)
+        except _Failure as f:
+            self._done(f)
+
+    def _feed(self, data: bytes) -> None:
+        if self.body is None:
+            self.head += data
+            pos = self.head.find(b"\r\n\r\n")
+            if pos < 0:
+                if len(self.head) > 1 << 16:
+                    raise _Failure("malformed_event", "response headers too long")
+                return
+            head, data = self.head[:pos], self.head[pos + 4:]
+            lines = head.decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+                raise _Failure("malformed_event", f"not an HTTP response: {lines[0][:80]!r}")
+            self.status = int(parts[1])
+            headers = {}
+            for ln in lines[1:]:
+                k, _, v = ln.partition(":")
+                headers[k.strip().lower()] = v.strip()
+            chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+            cl = headers.get("content-length", "")
+            length = int(cl) if cl.isdigit() else None
+            self.keep = headers.get("connection", "").lower() != "close" and (
+                chunked or length is not None)
+            self.body = _Body(chunked, length)
+        payload = self.body.feed(data)
+        if self.status != 200:
+            self.err_text += payload
+            if self.body.done:
+                self._http_error()
+            return
+        rec = self.rec
+        assert rec is not None
+        first_in_read = True
+        for ev in self.events.feed(payload):
+            now = _clock()  # each event its own timestamp, as it is parsed
+            text, usage, fin = _interpret(ev, self.endpoint)
+            if usage:
+                if usage.get("completion_tokens") is not None:
+                    rec.output_tokens = int(usage["completion_tokens"])
+                    rec.token_source = "usage"
+                if usage.get("prompt_tokens") is not None:
+                    rec.input_tokens = int(usage["prompt_tokens"])
+            if text:
+                if rec.first_token_ns is None:
+                    rec.first_token_ns = now
+                self.chunks.append(now - rec.start_ns)
+                if not first_in_read:
+                    self.coalesced += 1
+                first_in_read = False
+            if fin:
+                self.finished = True
+        if self.body.done:
+            self._end()
+
+    def _http_error(self) -> None:
+        msg = self.err_text.decode("utf-8", "replace").strip().replace("\n", " ")
+        self._done(_Failure("http", f"HTTP {self.status}: {msg[:200]}", self.status))
+
+    def _end(self) -> None:
+        if not self.finished:
+            self._done(_Failure("broken_stream", "stream ended without a final event after "
+                                f"{len(self.chunks)} chunks"))
+            return
+        rec = self.rec
+        assert rec is not None
+        if rec.token_source is None:
+            rec.output_tokens = len(self.chunks)
+            rec.token_source = "chunks"
+        rec.ok = True
+        self._done(self.keep)
+
+    def eof_received(self) -> bool:
+        self._closed_by_peer(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed_by_peer(exc)
+
+    def _closed_by_peer(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.fut is None or self.fut.done():
+            return
+        why = f": {exc}" if exc else ""
+        if self.body is None:
+            self._done(_Failure("disconnect",
+                                f"server closed the connection before responding{why}"))
+        elif self.status != 200:
+            self._http_error()
+        elif self.body.length is None and not self.body.chunked:
+            self.keep = False
+            self._end()  # body delimited by the close
+        else:
+            self._done(_Failure("broken_stream", f"connection closed mid-stream after "
+                                f"{len(self.chunks)} chunks{why}"))
 
 
 class Client:
@@ -170,34 +323,28 @@ class Client:
     def __init__(self, target: Target, *, timeout_s: float, api_key: str | None = None) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self.idle: deque[_Conn] = deque()
+        self.idle: deque[_Proto] = deque()
         self._ssl = ssl.create_default_context() if target.scheme == "https" else None
         auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
         self._head = (f"POST {target.path} HTTP/1.1\r\nHost: {target.hostport}\r\n"
                       "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
                       f"User-Agent: moatmeter\r\n{auth}")
 
-    async def _connect(self) -> _Conn:
+    async def _connect(self) -> _Proto:
         while self.idle:
             c = self.idle.pop()
             if c.usable():
                 return c
             c.close()
+        loop = asyncio.get_running_loop()
         try:
-            r, w = await asyncio.wait_for(
-                asyncio.open_connection(self.target.host, self.target.port, ssl=self._ssl,
-                                        limit=1 << 20),
-                self.timeout_s)
-        except TimeoutError:
-            raise _Failure("connect", f"connect to {self.target.hostport} timed out") from None
+            _, proto = await loop.create_connection(
+                lambda: _Proto(self.target.endpoint), self.target.host, self.target.port,
+                ssl=self._ssl)
         except (OSError, socket.gaierror) as exc:
             raise _Failure("connect", f"cannot connect to {self.target.hostport}: "
                            f"{exc.strerror or exc}") from None
-        sock = w.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _Conn(r, w)
+        return proto
 
     def close(self) -> None:
         while self.idle:
@@ -208,19 +355,35 @@ class Client:
         wall = time.time_ns()
         t0 = _clock()
         rec = RequestRecord(idx=idx, ok=False, wall_start_ns=wall, start_ns=t0, end_ns=t0)
-        conn: _Conn | None = None
+        conn: _Proto | None = None
         keep = False
+        task = asyncio.current_task()
+        assert task is not None
+        wd = _Watchdog(self.timeout_s, task, lambda: conn.last if conn else None)
         try:
             conn = await self._connect()
-            conn.writer.write((self._head + f"X-Request-Id: {req_id}\r\n"
-                               f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload)
-            keep = await self._response(conn, rec)
+            keep = await conn.start(rec, (self._head + f"X-Request-Id: {req_id}\r\n"
+                                          f"Content-Length: {len(payload)}\r\n\r\n").encode()
+                                    + payload)
         except _Failure as f:
             rec.error_kind, rec.error_detail, rec.http_status = f.kind, f.detail[:300], f.status
-        except (ConnectionError, OSError) as exc:
-            rec.error_kind = "broken_stream" if rec.first_token_ns else "disconnect"
-            rec.error_detail = f"connection lost: {exc}"[:300]
-        rec.end_ns = _clock()
+        except asyncio.CancelledError:
+            if conn is not None:
+                conn.close()
+            if not wd.fired:
+                raise
+            task.uncancel()
+            if conn is None:
+                rec.error_kind = "connect"
+                rec.error_detail = f"connect to {self.target.hostport} timed out"
+            else:
+                rec.error_kind = "timeout"
+                rec.error_detail = f"no data from the server for {self.timeout_s:g} s"
+            conn = None
+        finally:
+            wd.cancel()
+        if not rec.ok:
+            rec.end_ns = _clock()
         if conn is not None:
             if keep and rec.ok and conn.usable():
                 self.idle.append(conn)
@@ -228,91 +391,33 @@ class Client:
                 conn.close()
         return rec
 
-    async def _read(self, reader: asyncio.StreamReader, n: int = 65536) -> bytes:
-        try:
-            return await asyncio.wait_for(reader.read(n), self.timeout_s)
-        except TimeoutError:
-            raise _Failure("timeout", f"no data from the server for {self.timeout_s:g} s") from None
 
-    async def _response(self, conn: _Conn, rec: RequestRecord) -> bool:
-        reader = conn.reader
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            data = await self._read(reader)
-            if not data:
-                raise _Failure("disconnect", "server closed the connection before responding")
-            buf += data
-            if len(buf) > 1 << 16:
-                raise _Failure("malformed_event", "response headers too long")
-        head, _, rest = buf.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-            raise _Failure("malformed_event", f"not an HTTP response: {lines[0][:80]!r}")
-        status = int(parts[1])
-        headers = {}
-        for ln in lines[1:]:
-            k, _, v = ln.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-        length = int(headers["content-length"]) if headers.get("content-length", "").isdigit() \
-            else None
-        keep = headers.get("connection", "").lower() != "close" and (chunked or length is not None)
-        body = _Body(chunked, length)
-        if status != 200:
-            text = body.feed(rest)
-            while not body.done:
-                data = await self._read(reader)
-                if not data:
-                    break
-                text += body.feed(data)
-            msg = text.decode("utf-8", "replace").strip().replace("\n", " ")
-            raise _Failure("http", f"HTTP {status}: {msg[:200]}", status)
-        parser = _Events(self.target.endpoint == "ollama")
-        finished = False
-        chunks: list[int] = []
-        coalesced = 0
-        data = rest
-        while True:
-            if data:
-                payload = body.feed(data)
-                first_in_read = True
-                for ev in parser.feed(payload):
-                    now = _clock()  # each event its own timestamp, as it is parsed
-                    text, usage, fin = _interpret(ev, self.target.endpoint)
-                    if usage:
-                        if usage.get("completion_tokens") is not None:
-                            rec.output_tokens = int(usage["completion_tokens"])
-                            rec.token_source = "usage"
-                        if usage.get("prompt_tokens") is not None:
-                            rec.input_tokens = int(usage["prompt_tokens"])
-                    if text:
-                        if rec.first_token_ns is None:
-                            rec.first_token_ns = now
-                        chunks.append(now - rec.start_ns)
-                        if not first_in_read:
-                            coalesced += 1
-                        first_in_read = False
-                    if fin:
-                        finished = True
-                if body.done:
-                    break
-            data = await self._read(reader)
-            if not data:
-                if body.length is None and not body.chunked:
-                    break  # body delimited by close
-                raise _Failure("broken_stream",
-                               f"connection closed mid-stream after {len(chunks)} chunks")
-        rec.chunk_ns = np.asarray(chunks, dtype=np.int64)
-        rec.coalesced = coalesced
-        if not finished:
-            raise _Failure("broken_stream",
-                           f"stream ended without a final event after {len(chunks)} chunks")
-        if rec.token_source is None:
-            rec.output_tokens = len(chunks)
-            rec.token_source = "chunks"
-        rec.ok = True
-        return keep
+class _Watchdog:
+    """Cancels the request's task after ``timeout`` s without data, re-arming lazily.
+
+    Cheaper than a timeout around every read: data only stores the time it arrived, and one timer
+    per request checks it.
+    """
+
+    def __init__(self, timeout: float, task: asyncio.Task[Any],
+                 last: Callable[[], float | None]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.timeout, self.task, self.last = timeout, task, last
+        self.t0 = time.monotonic()
+        self.fired = False
+        self.handle = self.loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        due = max(self.t0, self.last() or 0.0) + self.timeout
+        now = time.monotonic()
+        if now >= due:
+            self.fired = True
+            self.task.cancel()
+        else:
+            self.handle = self.loop.call_later(due - now, self._check)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
 
 
 class _Body:
@@ -541,6 +646,44 @@ async def _preflight(client: Client, model: str, ignore_eos: bool) -> None:
                      f"{rec.error_detail})")
 
 
+class _Writer:
+    """Commits finished requests from a thread, so SQLite never stalls the event loop.
+
+    A stalled loop would timestamp other streams' events late. Each record is committed within
+    milliseconds of its completion; a request still queued when the process is killed is simply
+    re-sent by ``--resume`` (never duplicated: the store keys rows by (run, idx)).
+    """
+
+    def __init__(self, db_path: str | Path, run_id: str) -> None:
+        self.db_path, self.run_id = db_path, run_id
+        self.q: queue.SimpleQueue[RequestRecord | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name="moatmeter-store", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def put(self, rec: RequestRecord) -> None:
+        self.q.put(rec)
+
+    def _loop(self) -> None:
+        conn = store.connect(self.db_path)
+        try:
+            while (rec := self.q.get()) is not None:
+                store.insert_request(conn, self.run_id, rec)
+        except BaseException as exc:  # surfaced by finish()
+            self.error = exc
+        finally:
+            conn.close()
+
+    def finish(self) -> None:
+        if self.thread.is_alive():
+            self.q.put(None)
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 @dataclass
 class RunResult:
     run_id: str
@@ -581,10 +724,11 @@ def run(settings: ServeSettings, db_path: str | Path, *, declared: dict[str, Any
         client = Client(target, timeout_s=settings.timeout_s, api_key=_api_key(settings))
 
         interrupted = False
+        writer = _Writer(db_path, rid)
 
         def sink(rec: RequestRecord) -> None:
             rec.session = session
-            store.insert_request(conn, rid, rec)
+            writer.put(rec)
             if progress and progress.on_record:
                 progress.on_record(rec)
 
@@ -599,6 +743,7 @@ def run(settings: ServeSettings, db_path: str | Path, *, declared: dict[str, Any
                                  server_info=info, client_info=client_info())
             else:
                 store.set_status(conn, rid, "running")
+            writer.start()
             if warm_bodies:
                 await _drive(client, warm_bodies,
                              _Schedule(list(warm_bodies), settings.concurrency or 1, None, 0),
@@ -629,6 +774,8 @@ def run(settings: ServeSettings, db_path: str | Path, *, declared: dict[str, Any
             asyncio.run(main())
         except KeyboardInterrupt:
             interrupted = True
+        finally:
+            writer.finish()
         with contextlib.suppress(InputError):
             store.get_run(conn, rid)
             complete = len(store.done_indices(conn, rid)) >= settings.requests
