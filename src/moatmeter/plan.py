@@ -511,6 +511,19 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
         if k != top:
             comps.append({"a": opts_all[top].id, "b": opts_all[k].id,
                           "p_a_beats_b": mc.p_beats(top, k), "note": f"best {kind} option"})
+    # The moat question: the best owned NVIDIA deployment against each other vendor's best.
+    best_vendor: dict[str, int] = {}
+    for k in order:
+        if opts_all[k].kind == "own":
+            best_vendor.setdefault(opts_all[k].vendor or "", k)
+    nv = best_vendor.get("nvidia")
+    for vendor, k in best_vendor.items():
+        if nv is not None and vendor != "nvidia":
+            comps.append({"a": opts_all[nv].id, "b": opts_all[k].id,
+                          "p_a_beats_b": mc.p_beats(nv, k),
+                          "note": f"best owned NVIDIA vs best owned {vendor.upper()} "
+                                  f"(lock-in premium ${opts_all[nv].lockin_premium_usd:,.0f} vs "
+                                  f"${opts_all[k].lockin_premium_usd:,.0f})"})
     if any(o.served_within_slo < 0.999 for o in ranked if o.kind != "api"):
         notes.append("served_within_slo < 1 means some Monte Carlo draws of realised "
                      "performance fall short of peak demand; those tokens are not counted.")

@@ -156,9 +156,12 @@ def register(app: typer.Typer) -> None:
         rej = result.rejected
         console.print(f"{len(result.options)} options ranked, {len(rej)} rejected "
                       f"(see --json or the report for every reason) in {elapsed:.1f} s.")
-        for c in result.comparisons[:3]:
-            console.print(f"P({c['a']} cheaper than {c['b']}) = {c['p_a_beats_b']:.2f}",
-                          highlight=False)
+        shown = result.comparisons[:2] + [c for c in result.comparisons[2:]
+                                          if "NVIDIA" in c.get("note", "")]
+        for c in shown:
+            note = f"  [{c['note']}]" if c.get("note") else ""
+            console.print(f"P({c['a']} cheaper than {c['b']}) = {c['p_a_beats_b']:.2f}{note}",
+                          highlight=False, markup=False)
         if report is not None:
             console.print(f"report: {report}")
 
