@@ -184,7 +184,9 @@ def show_cmd(
         print_json(rec)
         return
     console.print(f"[bold]{entry_id}[/] ({kind[:-1]}, from {cat.origin[(kind, entry_id)]})")
-    console.print(yaml.safe_dump(rec, sort_keys=False, allow_unicode=True, width=100))
+    rec["sources"] = rec.pop("sources")  # figures first, their sources last
+    console.print(yaml.safe_dump(rec, sort_keys=False, allow_unicode=True, width=100),
+                  highlight=False, markup=False)
 
 
 @catalog_app.command("validate")
