@@ -524,6 +524,12 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
                           "note": f"best owned NVIDIA vs best owned {vendor.upper()} "
                                   f"(lock-in premium ${opts_all[nv].lockin_premium_usd:,.0f} vs "
                                   f"${opts_all[k].lockin_premium_usd:,.0f})"})
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for c in comps:  # one entry per pair; notes of repeated pairs are joined
+        prev = merged.setdefault((c["a"], c["b"]), c)
+        if prev is not c and c.get("note"):
+            prev["note"] = "; ".join(x for x in (prev.get("note"), c["note"]) if x)
+    comps = list(merged.values())
     if any(o.served_within_slo < 0.999 for o in ranked if o.kind != "api"):
         notes.append("served_within_slo < 1 means some Monte Carlo draws of realised "
                      "performance fall short of peak demand; those tokens are not counted.")

@@ -150,20 +150,20 @@ def register(app: typer.Typer) -> None:
         out = console if console.is_terminal else Console(width=180)
         out.print(render_table(result, top))
         if not result.options:
-            console.print("[bold red]No option meets the SLOs and constraints.[/] First reasons:")
+            out.print("[bold red]No option meets the SLOs and constraints.[/] First reasons:")
             for r in result.rejected[:8]:
-                console.print(f"  {r.id}: {r.reason}", highlight=False, markup=False)
+                out.print(f"  {r.id}: {r.reason}", highlight=False, markup=False)
         rej = result.rejected
-        console.print(f"{len(result.options)} options ranked, {len(rej)} rejected "
-                      f"(see --json or the report for every reason) in {elapsed:.1f} s.")
-        shown = result.comparisons[:2] + [c for c in result.comparisons[2:]
-                                          if "NVIDIA" in c.get("note", "")]
+        out.print(f"{len(result.options)} options ranked, {len(rej)} rejected "
+                  f"(see --json or the report for every reason) in {elapsed:.1f} s.")
+        shown = [c for i, c in enumerate(result.comparisons)
+                 if i < 2 or "NVIDIA" in c.get("note", "")]
         for c in shown:
             note = f"  [{c['note']}]" if c.get("note") else ""
-            console.print(f"P({c['a']} cheaper than {c['b']}) = {c['p_a_beats_b']:.2f}{note}",
-                          highlight=False, markup=False)
+            out.print(f"P({c['a']} cheaper than {c['b']}) = {c['p_a_beats_b']:.2f}{note}",
+                      highlight=False, markup=False)
         if report is not None:
-            console.print(f"report: {report}")
+            out.print(f"report: {report}")
 
     _ = plan_cmd
 
