@@ -20,18 +20,39 @@ def _ids(text: str) -> list[str]:
     return text.split()
 
 
-# Every `name` of shared/data/accelerators.csv, and every `parameter` of tco_parameters.csv: the
-# catalog must carry each one (copied here because CI clones the repository without shared/).
-CSV_ACCELERATORS = [
-    "NVIDIA A100 SXM 80GB", "NVIDIA H100 SXM5 80GB", "NVIDIA H100 PCIe 80GB",
-    "NVIDIA H200 SXM 141GB", "NVIDIA B200 (HGX)", "NVIDIA L40S", "NVIDIA L4",
-    "NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 5090", "NVIDIA GeForce RTX 3090",
-    "AMD Instinct MI250X", "AMD Instinct MI300X", "AMD Instinct MI325X", "AMD Instinct MI355X",
-    "AMD Radeon RX 7900 XTX", "AMD Radeon PRO W7900", "Intel Gaudi 2", "Intel Gaudi 3",
-    "Intel Data Center GPU Max 1550", "Intel Arc A770 16GB", "Intel Arc B580",
-    "Apple M2 Ultra (76-core GPU)", "Apple M3 Ultra (80-core GPU)", "Apple M4 Max (40-core GPU)",
-    "Intel Xeon 6980P (Granite Rapids)", "AMD EPYC 9654 (Genoa)", "AMD EPYC 9755 (Turin)",
-]
+# shared/data/accelerators.csv by `name` (mem GB, GB/s, bf16, fp8, int8, TDP W, scale-up GB/s,
+# price $) and every `parameter` of tco_parameters.csv: the catalog must carry each row, and any
+# figure it changes must be explained in the entry's notes. Copied here because CI clones the
+# repository without shared/.
+CSV_ACCELERATORS: dict[str, tuple[float | None, ...]] = {
+    "NVIDIA A100 SXM 80GB": (80, 2039, 312, None, 624, 400, 600, 17500),
+    "NVIDIA H100 SXM5 80GB": (80, 3350, 989, 1979, 1979, 700, 900, 30000),
+    "NVIDIA H100 PCIe 80GB": (80, 2000, 756, 1513, 1513, 350, 600, None),
+    "NVIDIA H200 SXM 141GB": (141, 4800, 989, 1979, 1979, 700, 900, 35000),
+    "NVIDIA B200 (HGX)": (180, 7700, 2250, 4500, 4500, 1000, 1800, 40000),
+    "NVIDIA L40S": (48, 864, 362, 733, 733, 350, 64, None),
+    "NVIDIA L4": (24, 300, 121, 242, 242, 72, 64, None),
+    "NVIDIA GeForce RTX 4090": (24, 1008, 165, 330, 661, 450, 64, 1599),
+    "NVIDIA GeForce RTX 5090": (32, 1792, None, None, None, 575, 64, 1999),
+    "NVIDIA GeForce RTX 3090": (24, 936, 71, None, 284, 350, 112, 1499),
+    "AMD Instinct MI250X": (128, 3277, 383, None, 383, 560, 800, None),
+    "AMD Instinct MI300X": (192, 5300, 1307, 2615, 2615, 750, 896, 15000),
+    "AMD Instinct MI325X": (256, 6000, 1307, 2615, 2615, 1000, 896, None),
+    "AMD Instinct MI355X": (288, 8000, 2500, 5000, 5000, 1400, 1075, None),
+    "AMD Radeon RX 7900 XTX": (24, 960, 123, None, 123, 355, 64, 999),
+    "AMD Radeon PRO W7900": (48, 864, 123, None, 123, 295, 64, 3999),
+    "Intel Gaudi 2": (96, 2450, 432, 865, None, 600, 300, None),
+    "Intel Gaudi 3": (128, 3700, 1835, 1835, None, 900, 600, 15600),
+    "Intel Data Center GPU Max 1550": (128, 3277, 839, None, 1678, 600, None, None),
+    "Intel Arc A770 16GB": (16, 560, 138, None, 275, 225, 64, 349),
+    "Intel Arc B580": (12, 456, 117, None, 233, 190, 64, 249),
+    "Apple M2 Ultra (76-core GPU)": (192, 800, 27, None, None, 295, None, None),
+    "Apple M3 Ultra (80-core GPU)": (512, 819, None, None, None, 480, None, None),
+    "Apple M4 Max (40-core GPU)": (128, 546, None, None, None, None, None, None),
+    "Intel Xeon 6980P (Granite Rapids)": (None, 844, None, None, None, 500, None, None),
+    "AMD EPYC 9654 (Genoa)": (None, 461, None, None, None, 360, None, None),
+    "AMD EPYC 9755 (Turin)": (None, 614, None, None, None, 500, None, None),
+}
 CSV_COSTS = _ids("""
 h100_8gpu_server_price h100_allin_capex_per_gpu h100_gpu_street_price h200_gpu_street_price
 b200_gpu_street_price mi300x_gpu_sell_price_est gaudi3_8chip_ubb_kit_list_price
@@ -101,6 +122,7 @@ def test_counts_and_vendors(cat: Any) -> None:
 def test_every_csv_row_is_in_the_catalog(cat: Any) -> None:
     names = {a.name for a in cat.accelerators.values()}
     assert [n for n in CSV_ACCELERATORS if n not in names] == []
+    assert len(CSV_ACCELERATORS) == 27
     missing = [p for p in CSV_COSTS
                if p not in cat.costs and f"{p}_input" not in cat.costs]
     assert missing == []
@@ -108,6 +130,23 @@ def test_every_csv_row_is_in_the_catalog(cat: Any) -> None:
     deepinfra = (cat.cost("api_llama33_70b_deepinfra_input").value,
                  cat.cost("api_llama33_70b_deepinfra_output").value)
     assert deepinfra == (0.13, 0.38)
+
+
+def test_every_change_to_a_csv_figure_is_explained(cat: Any) -> None:
+    by_name = {a.name: a for a in cat.accelerators.values()}
+    changed = {}
+    for name, row in CSV_ACCELERATORS.items():
+        a = by_name[name]
+        p = a.peak_tflops
+        ours = (a.memory_gb, a.memory_bw_gbs, p.get("bf16", p.get("fp16")), p.get("fp8"),
+                p.get("int8"), a.tdp_w, a.scaleup_gbs, a.price_usd)
+        diffs = [i for i, (c, o) in enumerate(zip(row, ours, strict=True))
+                 if c is not None and (o is None or abs(o - c) > 0.02 * c)]
+        if diffs:
+            changed[a.id] = diffs
+            assert "csv" in a.notes, f"{a.id}: csv figures {diffs} changed without a note"
+    # the known corrections: B200 bandwidth, PCIe/RoCE scale-up figures, an unsourced price
+    assert set(changed) == {"b200", "rtx-5090", "gaudi2", "gaudi3", "arc-b580", "a100-sxm-80gb"}
 
 
 def test_every_entry_and_claim_has_a_dated_source(cat: Any) -> None:
