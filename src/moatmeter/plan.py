@@ -465,7 +465,7 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
             rej.append(Rejection("api", f"no sourced hosted-API price for model {model.id} "
                                         "(add `api:` entries with a source to the scenario)"))
 
-    apply_overrides(ps, scn.costs, file=file)
+    apply_overrides(ps, scn.costs, file=file, catalog_ids=set(catalog.costs))
     opts_all = own_kept + rent + apis
     metas = meta_kept + rmeta + ameta
     if not opts_all:

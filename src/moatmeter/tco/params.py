@@ -192,9 +192,13 @@ def require(catalog: Catalog, ps: ParamSet, pid: str) -> int:
     return ps.add(p)
 
 
-def apply_overrides(ps: ParamSet, costs: dict[str, object], *, file: str) -> None:
+def apply_overrides(ps: ParamSet, costs: dict[str, object], *, file: str,
+                    catalog_ids: set[str] | None = None) -> None:
     """Scenario ``costs:`` entries replace a parameter's value and range."""
     for pid, v in costs.items():
+        if pid not in ps and catalog_ids and pid in catalog_ids:
+            raise InputError(f"cost parameter '{pid}' exists but no option of this plan uses it",
+                             file=file, field=f"costs.{pid}")
         if pid not in ps:
             near = sorted(k for k in ps.index if pid.split("_")[0] in k)[:6]
             hint = f" (parameters this plan uses include: {', '.join(near)})" if near else ""
