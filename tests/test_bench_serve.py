@@ -239,6 +239,8 @@ def test_list_show_export_use_aiperf_names(tmp_path: Path) -> None:
     assert p.returncode == 2 and "no run 'nope'" in p.stderr
     with pytest.raises(InputError, match=r"missing\.db"):
         inproc("bench", "list", "--db", str(tmp_path / "missing.db"))
+    with pytest.raises(InputError, match="no declared --accelerator"):
+        inproc("bench", "compare", rid, "--db", str(db))
     with pytest.raises(InputError, match="--format"):
         inproc("bench", "export", rid, "--db", str(db), "--format", "xml")
 
@@ -269,6 +271,12 @@ def test_declared_run_becomes_observations(tmp_path: Path) -> None:
         json.loads(out)["ttft_ms"]["mean"])
     assert rid in o["ttft_ms"]["source"]
     assert store.observations_from_store(db, [rid]) == obs
+    cmp = json.loads(inproc("bench", "compare", rid, "--db", str(db), "--json"))
+    got = {r["metric"]: r for r in cmp["rows"]}
+    assert got["ttft_ms"]["measured"] == pytest.approx(o["ttft_ms"]["value"])
+    assert got["tpot_ms"]["predicted"] > 0 and got["output_tokens_per_s"]["predicted"] > 0
+    assert got["tpot_ms"]["predicted_over_measured"] == pytest.approx(
+        got["tpot_ms"]["predicted"] / got["tpot_ms"]["measured"])
 
 
 def test_dataset_prompts_and_bad_dataset(tmp_path: Path) -> None:

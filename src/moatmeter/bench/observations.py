@@ -99,7 +99,7 @@ def compare(conn: sqlite3.Connection, run_id: str, catalog: Any = None) -> dict[
         raise InputError(f"run '{run_id}' has no declared {flags}: re-run `bench serve` with "
                          "the hardware and stack behind the server so it can be predicted")
     try:
-        from moatmeter.perf import predict_deployment  # type: ignore[attr-defined]
+        from moatmeter.perf import predict_deployment
     except ImportError:
         raise InputError("the performance model (moatmeter.perf.predict_deployment) is not "
                          "available in this installation") from None
@@ -124,8 +124,9 @@ def compare(conn: sqlite3.Connection, run_id: str, catalog: Any = None) -> dict[
         ratio = pv / mv if (pv is not None and mv) else None
         rows.append({"metric": k, "measured": mv, "predicted": pv, "predicted_over_measured":
                      ratio, "ape": abs(ratio - 1) if ratio is not None else None})
-    return {"run_id": run_id, "declared": d, "rows": rows,
-            "prediction": {k: v for k, v in predicted.items()}}
+    extra = {k: getattr(pred, k) for k in ("feasible", "reason", "bottleneck", "load",
+                                           "calibration_note") if hasattr(pred, k)}
+    return {"run_id": run_id, "declared": d, "rows": rows, "prediction": {**predicted, **extra}}
 
 
 def _prediction_figures(pred: Any) -> dict[str, float | None]:
