@@ -82,6 +82,8 @@ class Option:
     lockin_p10: float = math.nan
     lockin_p90: float = math.nan
     served_within_slo: float = math.nan
+    # Time-average utilisation of the fleet (average demand / nominal capacity x active hours).
+    avg_utilisation: float | None = None
     breakdown: dict[str, float] = field(default_factory=dict)
     pareto: bool = False
     rank: int = 0
@@ -483,6 +485,8 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
         o.lockin_p10, o.lockin_premium_usd, o.lockin_p90 = (float(x) for x in mc.lockin_pct[k])
         o.breakdown = {item: float(mc.breakdown_mean[item][k]) for item in C.ITEMS}
         o.served_within_slo = float(mc.served_frac_mean[k])
+        if o.kind != "api" and o.capacity_rps > 0:
+            o.avg_utilisation = min(1.0, avg / o.capacity_rps) * t.hours_per_day / 24.0
     order = sorted(range(len(opts_all)), key=lambda k: opts_all[k].usd_per_mtok_p50)
     ranked = [opts_all[k] for k in order]
     for r_, o in enumerate(ranked, 1):

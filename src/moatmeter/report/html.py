@@ -178,7 +178,7 @@ def render(d: dict[str, Any]) -> str:
     ranking = _table(
         ["#", "option", "kind", "GPUs", "stack", "precision", "TP×PP×replicas", "TCO P50",
          "TCO P10–P90", "$/M tok P50", "$/M tok P10–P90", "lock-in premium", "served in SLO",
-         "tok/s/user", "Pareto", "migration"],
+         "avg util.", "tok/s/user", "Pareto", "migration"],
         [[o["rank"], o["id"], o["kind"], o["count"] or "-", o["stack"] or "-",
           o["precision"] or "-",
           f"{o['tp']}×{o['pp']}×{o['replicas']}" if o["kind"] != "api" else "-",
@@ -186,6 +186,7 @@ def render(d: dict[str, Any]) -> str:
           f"${o['usd_per_mtok_p50']:.3f}",
           f"${o['usd_per_mtok_p10']:.3f} – ${o['usd_per_mtok_p90']:.3f}",
           _money(o["lockin_premium_usd"]), f"{o['served_within_slo']:.1%}",
+          f"{o['avg_utilisation']:.0%}" if o.get("avg_utilisation") is not None else "-",
           f"{o['interactivity_tok_s']:.0f}" if o.get("interactivity_tok_s") else "-",
           "★" if o["pareto"] else "", o["migration"]] for o in opts], "ranking")
     comps = _table(["option A", "option B", "P(A cheaper per M tokens)", "note"],
