@@ -47,28 +47,32 @@ def evaluate_grid(catalog: Catalog, model_entry: ModelEntry | str, grid: Deploym
                 tp=grid.tp, pp=grid.pp, weight_dtype=grid.weight_dtype, kv_dtype=grid.kv_dtype,
                 context=ctx, max_batch=grid.max_batch, calib=calib)
     n = len(grid)
-    s = r.s
-    inp_a = np.full(n, float(inp))
-    out_a = np.full(n, out)
-    single = closed_loop(s, np.ones(n), inp_a, out_a)
-    offline = closed_loop(s, r.bcap, inp_a, out_a)
-    g = goodput(s, inp_a, out_a, r.bcap, slo.ttft_p95_s, slo.tpot_p95_s)
-    kv_limited = (r.max_sequences < r.max_batch) & (g.point.concurrency >= 0.5 * r.bcap)
-    bott = _bottleneck(g.point.step, kv_limited)
     f = r.feasible
-    z = np.zeros(n)
+    idx = np.flatnonzero(f)  # only feasible rows are worth the serving model
+    s = r.s.take(idx)
+    m = len(idx)
+    inp_a = np.full(m, float(inp))
+    out_a = np.full(m, out)
+    bcap = r.bcap[idx]
+    single = closed_loop(s, np.ones(m), inp_a, out_a)
+    offline = closed_loop(s, bcap, inp_a, out_a)
+    g = goodput(s, inp_a, out_a, bcap, slo.ttft_p95_s, slo.tpot_p95_s)
+    kv_limited = (r.max_sequences[idx] < r.max_batch[idx]) & (g.point.concurrency >= 0.5 * bcap)
+    bott = _bottleneck(g.point.step, kv_limited)
 
-    def mask(a: np.ndarray, fill: float = 0.0) -> np.ndarray:
-        return np.where(f, a, fill)
+    def put(a: np.ndarray, fill: float | str = 0.0) -> np.ndarray:
+        outa = np.full(n, fill, dtype=a.dtype if not isinstance(fill, str) else object)
+        outa[idx] = a
+        return outa
 
     return GridResult(
-        feasible=f, reason=r.reason, bottleneck=np.where(f, bott, ""),
-        max_sequences=mask(r.max_sequences), goodput_rps=mask(g.rate_rps),
-        output_tokens_per_s=mask(g.rate_rps * out), ttft_p95_s=mask(g.point.ttft_p95, np.inf),
-        tpot_p95_s=mask(g.point.tpot_p95, np.inf), single_ttft_s=mask(single.ttft_mean, np.inf),
-        single_tpot_s=mask(single.tpot_mean, np.inf),
-        max_output_tokens_per_s=mask(offline.output_tps), eff_sigma=r.eff_sigma + z,
-        eff_compute=s.eff_c, eff_memory=s.eff_m, calibration_note=r.calib_note)
+        feasible=f, reason=r.reason, bottleneck=put(bott, "").astype(str),
+        max_sequences=np.where(f, r.max_sequences, 0.0), goodput_rps=put(g.rate_rps),
+        output_tokens_per_s=put(g.rate_rps * out), ttft_p95_s=put(g.point.ttft_p95, np.inf),
+        tpot_p95_s=put(g.point.tpot_p95, np.inf), single_ttft_s=put(single.ttft_mean, np.inf),
+        single_tpot_s=put(single.tpot_mean, np.inf),
+        max_output_tokens_per_s=put(offline.output_tps), eff_sigma=r.eff_sigma,
+        eff_compute=r.s.eff_c, eff_memory=r.s.eff_m, calibration_note=r.calib_note)
 
 
 def _check_workload(inp: float, out: float) -> None:

@@ -88,11 +88,24 @@ class Resolved:
 
 
 def _inv(values: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Factorise a string array: (unique values, index of each row), O(n) with a dict."""
     arr = np.asarray(values)
-    if arr.ndim == 0:
-        arr = np.full(n, arr.item())
-    u, inv = np.unique(arr.astype(str), return_inverse=True)
-    return u, inv
+    if arr.ndim == 0 or arr.size == 1:
+        return np.array([str(arr.reshape(-1)[0])]), np.zeros(n, dtype=np.intp)
+    seen: dict[str, int] = {}
+    inv = np.fromiter((seen.setdefault(str(x), len(seen)) for x in arr.tolist()), dtype=np.intp,
+                      count=arr.size)
+    return np.array(list(seen)), inv
+
+
+def _uniq(key: np.ndarray, space: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(key, return_inverse=True) for small non-negative int keys, in O(n)."""
+    present = np.zeros(space, dtype=bool)
+    present[key] = True
+    u = np.flatnonzero(present)
+    where = np.zeros(space, dtype=np.intp)
+    where[u] = np.arange(len(u))
+    return u, where[key]
 
 
 def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: Any, pp: Any,
@@ -150,7 +163,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
 
     # --- per (model, weight dtype) and (model, kv dtype)
     reasons = np.full(n, "", dtype=object)
-    wkey_u, wkey_i = np.unique(mo_i * len(wd_u) + wd_i, return_inverse=True)
+    wkey_u, wkey_i = _uniq(mo_i * len(wd_u) + wd_i, len(mo_u) * len(wd_u))
     w_tot = np.zeros(len(wkey_u))
     w_exp = np.zeros(len(wkey_u))
     bad_w = np.zeros(len(wkey_u), bool)
@@ -166,7 +179,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     w_dense = w_total - moe_layers * n_exp * w_expert
     reasons[bad_w[wkey_i]] = "unknown weight dtype"
 
-    kkey_u, kkey_i = np.unique(mo_i * len(kd_u) + kd_i, return_inverse=True)
+    kkey_u, kkey_i = _uniq(mo_i * len(kd_u) + kd_i, len(mo_u) * len(kd_u))
     kv_full = np.zeros(len(kkey_u))
     kv_window = np.zeros(len(kkey_u), bool)
     bad_k = np.zeros(len(kkey_u), bool)
@@ -197,7 +210,15 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     # --- per (accelerator, stack, weight dtype, kv dtype): support and compute peak
     S, W, K = len(st_u), len(wd_u), len(kd_u)
     ckey = ((acc_i * S + st_i) * W + wd_i) * K + kd_i
-    ck_u, ck_i = np.unique(ckey, return_inverse=True)
+    ck_u, ck_i = _uniq(ckey, len(acc_u) * S * W * K)
+    has_dt: dict[tuple[int, str, str], bool] = {}
+
+    def stack_has(si: int, d: str, kind: str) -> bool:
+        if (si, d, kind) not in has_dt:
+            has_dt[(si, d, kind)] = _stack_has_dtype(stacks[si], d, kind)
+        return has_dt[(si, d, kind)]
+
+    fams = [s.families() for s in stacks]
     peak_u = np.zeros(len(ck_u))
     cdt_u = np.empty(len(ck_u), dtype=object)
     why_u = np.empty(len(ck_u), dtype=object)
@@ -210,11 +231,11 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
         a, s = accs[ai], stacks[si]
         peak, cdt, note = _peak_for(a, wd_u[wd])
         peak_u[j], cdt_u[j], note_u[j], why_u[j] = peak, cdt, note, ""
-        if a.family not in s.families():
+        if a.family not in fams[si]:
             why_u[j] = f"stack {s.id} does not support {a.family} ({a.id})"
-        elif not _stack_has_dtype(s, wd_u[wd], "weight"):
+        elif not stack_has(si, wd_u[wd], "weight"):
             why_u[j] = f"stack {s.id} has no {wd_u[wd]} weights"
-        elif not _stack_has_dtype(s, kd_u[kd], "kv"):
+        elif not stack_has(si, kd_u[kd], "kv"):
             why_u[j] = f"stack {s.id} has no {kd_u[kd]} KV cache"
         elif peak <= 0:
             why_u[j] = f"{a.id} has no {wd_u[wd]} or 16-bit peak"
@@ -254,9 +275,10 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     bcap = np.maximum(np.minimum(mb, max_seq), 1.0)
 
     # --- efficiencies per (stack, family)
-    fam_u, fam_i = np.unique(np.array([a.family for a in accs])[acc_i], return_inverse=True)
+    fam_u, fam_of_acc = np.unique(np.array([a.family for a in accs]), return_inverse=True)
+    fam_i = fam_of_acc[acc_i]
     F, M = len(fam_u), len(mo_u)
-    pkey_u, pkey_i = np.unique((st_i * F + fam_i) * M + mo_i, return_inverse=True)
+    pkey_u, pkey_i = _uniq((st_i * F + fam_i) * M + mo_i, S * F * M)
     fam_vendor = {a.family: a.vendor for a in accs}
     eff = np.zeros((len(pkey_u), 4))
     pnote = []

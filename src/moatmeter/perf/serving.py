@@ -37,7 +37,7 @@ from moatmeter.perf.step import StepInputs, StepTime, decode_step, prefill_time
 
 CHUNK_TOKENS = 2048.0  # vLLM's default chunked-prefill token budget for online serving
 N_MIN = 1e-3
-BISECT_ITERS = 18
+BISECT_ITERS = 12
 LN20 = float(np.log(20.0))
 Z95 = 1.645
 

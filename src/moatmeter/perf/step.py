@@ -4,7 +4,7 @@ A step is a roofline over the bytes each device must move and the FLOPs it must 
 
     t_stage = smooth_max(bytes / (bw · eff_m), flops / (peak · eff_c))
 
-``smooth_max`` is the p-norm (p = ``COMBINE_P``) rather than a hard max: real kernels overlap memory
+``smooth_max`` is the p-norm (p = 3) rather than a hard max: real kernels overlap memory
 and compute imperfectly, so near the ridge point the time is higher than either term alone.
 
 - Decode at batch B and mean context c reads the dense weights, the *distinct* routed experts the
@@ -24,11 +24,11 @@ and compute imperfectly, so near the ridge point the time is higher than either 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
-COMBINE_P = 3.0
 ACT_BYTES = 2.0  # activations exchanged by TP collectives travel in 16 bits
 
 
@@ -55,20 +55,41 @@ class StepInputs:
     attn: np.ndarray  # layers · heads · head_dim (attention FLOPs scale)
     hidden: np.ndarray
     layers: np.ndarray
+    _k: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.peak)
 
     def take(self, idx: np.ndarray) -> StepInputs:
-        return replace(self, **{k: np.asarray(v)[idx] for k, v in self.__dict__.items()})
+        return replace(self, **{k: np.asarray(v)[idx] for k, v in self.__dict__.items()
+                                if k != "_k"})
+
+    @property
+    def k(self) -> dict[str, Any]:
+        """Per-row constants of the step formula, computed once (the hot loop reuses them)."""
+        if self._k is None:
+            devs = self.tp * self.pp
+            tp1 = self.tp > 1
+            stage_layers = self.layers / self.pp
+            self._k = {
+                "inv_bw": 1.0 / (self.bw * self.eff_m * devs),
+                "inv_pk": 1.0 / (self.peak * self.eff_c * devs),
+                "comm_a": np.where(tp1, stage_layers * 2.0 * self.link_lat, 0.0),
+                "comm_b": np.where(tp1, stage_layers * 4.0 * (self.tp - 1.0) / self.tp
+                                   * self.hidden * ACT_BYTES / self.link_bw, 0.0),
+                "p2p": np.where(self.pp > 1, (self.pp - 1.0) * self.link_lat, 0.0),
+                "attn4": 4.0 * self.attn,
+                "moe": bool(np.any(self.n_experts > 0)),
+            }
+        return self._k
 
     def with_eff(self, eff_c: np.ndarray, eff_m: np.ndarray, overhead: np.ndarray) -> StepInputs:
         return replace(self, eff_c=eff_c, eff_m=eff_m, overhead=overhead)
 
 
-def smooth_max(a: np.ndarray, b: np.ndarray, p: float = COMBINE_P) -> np.ndarray:
-    m = np.maximum(np.maximum(a, b), 1e-30)
-    return m * ((a / m) ** p + (b / m) ** p) ** (1.0 / p)
+def smooth_max(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """p-norm of (a, b) with p = 3 (times are far from under/overflow when cubed)."""
+    return np.cbrt(a * a * a + b * b * b)
 
 
 def experts_touched(n_experts: np.ndarray, topk: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -80,6 +101,8 @@ def experts_touched(n_experts: np.ndarray, topk: np.ndarray, tokens: np.ndarray)
 
 
 def _weights_read(s: StepInputs, tokens: np.ndarray) -> np.ndarray:
+    if not s.k["moe"]:
+        return s.w_dense
     return s.w_dense + s.moe_layers * experts_touched(s.n_experts, s.topk, tokens) * s.w_expert
 
 
@@ -107,22 +130,20 @@ def decode_step(s: StepInputs, batch: np.ndarray, context: np.ndarray,
 
     ``prefill_context`` is the mean causal context of those prefill tokens (about half the prompt).
     """
+    k = s.k
     pp = s.pp
-    devs = s.tp * pp
     b = np.asarray(batch, float) / pp
     x = np.asarray(prefill_tokens, float) / pp
     tokens = b + x
-    bytes_dev = _weights_read(s, tokens) / devs + b * np.asarray(context, float) * s.kv_tok / devs
-    bytes_dev = bytes_dev + x * s.kv_tok / devs  # KV written by the prefill tokens
-    flops_dev = (tokens * s.flops_tok + 4.0 * s.attn * (b * context + x * prefill_context)) / devs
-    t_m = bytes_dev / (s.bw * s.eff_m)
-    t_c = flops_dev / (s.peak * s.eff_c)
+    bctx = b * context
+    # weights read once, KV read for the decodes and written for the prompt tokens
+    t_m = (_weights_read(s, tokens) + (bctx + x) * s.kv_tok) * k["inv_bw"]
+    t_c = (tokens * s.flops_tok + k["attn4"] * (bctx + x * prefill_context)) * k["inv_pk"]
     stage = smooth_max(t_m, t_c)
-    comm = _comm(s, tokens)
-    p2p = np.where(pp > 1, (pp - 1.0) * s.link_lat, 0.0)
-    total = pp * (stage + comm) + p2p + s.overhead
-    return StepTime(total=total, memory=pp * t_m, compute=pp * t_c, comm=pp * comm + p2p,
-                    overhead=s.overhead, bytes_per_device=bytes_dev)
+    comm = k["comm_a"] + k["comm_b"] * tokens
+    total = pp * (stage + comm) + k["p2p"] + s.overhead
+    return StepTime(total=total, memory=pp * t_m, compute=pp * t_c, comm=pp * comm + k["p2p"],
+                    overhead=s.overhead, bytes_per_device=t_m / k["inv_bw"] / (s.tp * pp))
 
 
 def prefill_time(s: StepInputs, prompt: np.ndarray | float, n_prompts: np.ndarray | float = 1.0

@@ -1,0 +1,181 @@
+"""`predict`, `validate`, `calibrate` through the real CLI (subprocess): contracts and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moatmeter.catalog.load import load_catalog
+from moatmeter.perf.calibrate import Calibration
+from moatmeter.perf.observations import bundled_observations, map_rows, read_observations
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real executable, for exit codes and stderr as a user sees them."""
+    return subprocess.run([sys.executable, "-m", "moatmeter", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """The real entry point ``moatmeter.cli.main`` in-process (same code path, no startup cost)."""
+    from moatmeter.cli import main
+
+    def call(*args: str) -> subprocess.CompletedProcess[str]:
+        monkeypatch.setattr(sys, "argv", ["moatmeter", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        cap = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, cap.out, cap.err)
+
+    return call
+
+
+def one_line_error(p: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, p.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+PREDICT = ["predict", "--accelerator", "h100-sxm", "--count", "8", "--tp", "8", "--stack",
+           "vllm-cuda", "--model", "llama-3.1-70b", "--dtype", "bf16", "--input", "1024",
+           "--output", "256"]
+
+
+def test_predict_json_contract(cli):
+    p = cli(*PREDICT, "--concurrency", "32", "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["feasible"] and d["devices"] == 8
+    m = d["memory"]
+    assert m["kv_bytes_per_token"] == 327680
+    assert m["weights_gb"] == pytest.approx(141.1e9 / 8 / 2**30, rel=0.01)
+    assert d["ttft_s"] > 0 and 0 < d["tpot_s"] <= d["tpot_p95_s"]
+    assert d["output_tokens_per_s"] == pytest.approx(d["requests_per_s"] * 256, rel=1e-6)
+    assert d["bottleneck"] in ("compute", "memory", "interconnect", "overhead", "kv_capacity")
+    b = d["output_tokens_per_s_band"]
+    assert b["p10"] < b["p50"] < b["p90"]
+    assert d["calibration_note"]
+
+
+def test_predict_text_and_rate(cli):
+    p = cli(*PREDICT, "--rate", "2")
+    assert p.returncode == 0, p.stderr
+    assert "TTFT" in p.stdout and "bottleneck" in p.stdout and "memory per device" in p.stdout
+
+
+def test_predict_infeasible_is_reported_not_an_error(cli):
+    p = cli("predict", "-a", "rtx-4090", "-s", "vllm-cuda", "-m", "llama-3.1-70b", "--input",
+            "100", "--output", "10", "--json")
+    assert p.returncode == 0
+    d = json.loads(p.stdout)
+    assert not d["feasible"] and "weights do not fit" in d["reason"]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--accelerator", "h999"], ["unknown accelerator id 'h999'"]),
+    (["--stack", "nope-cuda"], ["unknown stack id"]),
+    (["--model", "llama-9"], ["unknown model id"]),
+    (["--tp", "3", "--count", "3"], ["TP 3 does not divide the 64 attention heads"]),
+    (["--input", "-5"], ["--input must be ≥ 0"]),
+    (["--dtype", "bf17"], ["unknown weight dtype 'bf17'"]),
+])
+def test_predict_bad_input(cli, args, needles):
+    base = dict(zip(PREDICT[1::2], PREDICT[2::2], strict=True))
+    for k, v in zip(args[::2], args[1::2], strict=True):
+        base[k] = v
+    flat = [x for kv in base.items() for x in kv]
+    one_line_error(cli("predict", *flat), *needles)
+
+
+def test_bad_input_exit_code_from_the_executable():
+    one_line_error(run(*PREDICT[:-2], "--output", "-3"), "--output must be ≥ 1")
+
+
+def _sample_rows(n_sources: int = 2, per_source: int = 3) -> list[dict[str, str]]:
+    """A few real bundled rows from distinct sources that the model can map."""
+    rows = read_observations(bundled_observations())
+    cat = load_catalog()
+    ok = {o.id for o in map_rows(cat, rows)[0]}
+    by: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        if r["id"] in ok and r["metric"] == "output_tokens_per_s":
+            by.setdefault(r["source"], []).append(r)
+    srcs = [s for s, v in by.items() if len(v) >= per_source][:n_sources]
+    return [r for s in srcs for r in by[s][:per_source]]
+
+
+def _write(path: Path, rows: list[dict[str, str]], cols: list[str] | None = None) -> Path:
+    cols = cols or list(rows[0])
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_validate_contract_and_skips(cli, tmp_path):
+    rows = _sample_rows()
+    bad_acc = dict(rows[0], id="x-unknown-acc", accelerator="Imaginary GPU 9000")
+    bad_metric = dict(rows[0], id="x-bad-metric", metric="joules_per_token")
+    f = _write(tmp_path / "obs.csv", [*rows, bad_acc, bad_metric])
+    p = cli("validate", "--observations", str(f), "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert set(d) == {"rows", "summary"}
+    assert {"n", "median_ape", "p90_ape", "skipped"} <= set(d["summary"])
+    assert d["summary"]["n"] == len(rows) == len(d["rows"])
+    for r in d["rows"]:
+        assert set(r) == {"id", "predicted", "measured", "ape"}
+        assert r["ape"] == pytest.approx(abs(r["predicted"] - r["measured"]) / r["measured"])
+    reasons = {s["id"]: s["reason"] for s in d["summary"]["skipped"]}
+    assert "unknown accelerator" in reasons["x-unknown-acc"]
+    assert "unsupported metric" in reasons["x-bad-metric"]
+
+
+def test_validate_missing_column(cli, tmp_path):
+    rows = _sample_rows(1, 1)
+    cols = [c for c in rows[0] if c != "metric"]
+    f = _write(tmp_path / "nometric.csv", rows, cols)
+    one_line_error(run("validate", "--observations", str(f), "--json"), "nometric.csv",
+                   "missing column 'metric'")
+    one_line_error(cli("validate", "--observations", str(tmp_path / "absent.csv")),
+                   "absent.csv", "not found")
+
+
+def test_calibrate_then_validate_cv(cli, tmp_path):
+    rows = _sample_rows(2, 3)
+    f = _write(tmp_path / "obs.csv", rows)
+    out = tmp_path / "cal.json"
+    p = cli("calibrate", "--no-bundled", "--observations", str(f), "--out", str(out), "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["modelled"] == len(rows) and d["pairs"]
+    cal = Calibration.load(out)
+    assert sum(cal.counts["pair"].values()) == len(rows)
+    # in-sample with the fitted file, then leave-one-source-out
+    p2 = cli("validate", "--observations", str(f), "--calibration", str(out), "--json")
+    assert p2.returncode == 0, p2.stderr
+    ins = json.loads(p2.stdout)["summary"]
+    p3 = cli("validate", "--observations", str(f), "--cv", "--json")
+    assert p3.returncode == 0, p3.stderr
+    cv = json.loads(p3.stdout)["summary"]
+    assert cv["cv"] == "leave-one-source-out" and cv["sources"] == 2
+    assert cv["n"] == len(rows) and "vendor" in cv["by"] and "stack" in cv["by"]
+    assert ins["median_ape"] <= cv["median_ape"] + 1e-9  # held-out error is never better here
+
+
+def test_calibrate_store_errors(cli, tmp_path):
+    one_line_error(cli("calibrate", "--from-store", str(tmp_path / "none.db"), "--out",
+                       str(tmp_path / "c.json")), "none.db", "not found")
