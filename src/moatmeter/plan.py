@@ -327,8 +327,9 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
             goodput_rps_per_replica=gp, capacity_rps=gp * replicas,
             ttft_p95_s=float(res.ttft_p95_s[i]), tpot_p95_s=tpot,
             interactivity_tok_s=(1.0 / tpot) if tpot > 0 else None,
-            eff_sigma=float(res.eff_sigma[i]), bottleneck=str(res.bottleneck[i]), power_kw=kw,
-            price_source=pr[1], migration=mig.describe())
+            eff_sigma=float(np.nan_to_num(res.eff_sigma[i])), bottleneck=str(res.bottleneck[i]),
+            power_kw=kw, price_source=pr[1], migration=mig.describe(),
+            note=res.calibration_note[i] if i < len(res.calibration_note) else "")
         own.append(o)
         meta.append({"price_row": pr[0], "group": groups[key], "mig": mig, "stack": c.stack,
                      "acc": c.acc, "kv": c.kv})
@@ -430,7 +431,8 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
                           "note": ("reserved 24/7" if reserved else
                                    f"on-demand {t.hours_per_day:g} h/day")
                           + ("" if res_p is not None or not reserved else
-                             "; reserved = on-demand x (1 - reserved_discount_vs_ondemand)")})
+                             "; reserved = on-demand x (1 - reserved_discount_vs_ondemand)")
+                          + (f"; {o0.note}" if o0.note else "")})
             rent.append(o)
             rmeta.append({**m0, "rent_row": rrow, "rent_hours": hours,
                           "rent_discount": reserved and res_p is None})

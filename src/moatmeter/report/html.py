@@ -178,7 +178,7 @@ def render(d: dict[str, Any]) -> str:
     ranking = _table(
         ["#", "option", "kind", "GPUs", "stack", "precision", "TP×PP×replicas", "TCO P50",
          "TCO P10–P90", "$/M tok P50", "$/M tok P10–P90", "lock-in premium", "served in SLO",
-         "avg util.", "tok/s/user", "Pareto", "migration"],
+         "avg util.", "tok/s/user", "Pareto", "migration", "notes"],
         [[o["rank"], o["id"], o["kind"], o["count"] or "-", o["stack"] or "-",
           o["precision"] or "-",
           f"{o['tp']}×{o['pp']}×{o['replicas']}" if o["kind"] != "api" else "-",
@@ -188,7 +188,8 @@ def render(d: dict[str, Any]) -> str:
           _money(o["lockin_premium_usd"]), f"{o['served_within_slo']:.1%}",
           f"{o['avg_utilisation']:.0%}" if o.get("avg_utilisation") is not None else "-",
           f"{o['interactivity_tok_s']:.0f}" if o.get("interactivity_tok_s") else "-",
-          "★" if o["pareto"] else "", o["migration"]] for o in opts], "ranking")
+          "★" if o["pareto"] else "", o["migration"], o.get("note", "")] for o in opts],
+        "ranking")
     comps = _table(["option A", "option B", "P(A cheaper per M tokens)", "note"],
                    [[c["a"], c["b"], f"{c['p_a_beats_b']:.2f}", c.get("note", "")]
                     for c in d.get("comparisons", [])])
