@@ -166,6 +166,29 @@ def _tornado(tor: dict[str, Any], base_layout: dict[str, Any]) -> dict[str, Any]
     return tornado
 
 
+METHOD = """<h2>How the numbers are made</h2>
+<ul>
+<li><b>Sizing.</b> The performance model predicts each replica's goodput (the highest request
+rate meeting p95 TTFT and TPOT); replicas = ceil(peak rate / goodput) plus any redundancy.</li>
+<li><b>Capital.</b> (devices × (1 + spares) × server overhead × network overhead × (1 + hidden
+extras) − resale value discounted to today) × capital recovery factor(cost of capital, horizon)
+× horizon. Resale follows the published H100 residual curve, scaled by its year-3 value, times
+the vendor's liquidity factor (the difference to NVIDIA is shown as a lock-in line).</li>
+<li><b>Power.</b> Server draw = TDP × chip-to-server factor × (idle fraction + (loaded fraction −
+idle fraction) × utilisation) × PUE × tariff; colocation is charged per kW of full-load draw.</li>
+<li><b>People.</b> Staff scale with servers; less mature stacks add ops effort and a one-off
+bring-up; leaving the incumbent stack costs engineer-weeks per custom kernel, TensorRT engine,
+CUDA engineer retrained and a validation pass.</li>
+<li><b>Rent and API.</b> Rented GPUs are billed per GPU-hour (reserved 24/7, on-demand during
+active hours); APIs per million input and output tokens.</li>
+<li><b>Uncertainty.</b> Every input with a range is drawn from a triangular distribution on
+[low, high] with its value as mode; realised performance is drawn as lognormal(0, eff_sigma) per
+(stack, accelerator family), shared by the options that use it. $/M tokens divides the TCO by the
+tokens served within the SLO in each draw.</li>
+</ul>
+"""
+
+
 def _table(headers: list[str], rows: list[list[Any]], cls: str = "") -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "\n".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
@@ -239,6 +262,7 @@ stack is sampled from the performance model's uncertainty (eff_sigma).</p>
 {ranking}
 <h2>Figures</h2>
 {divs}
+{METHOD}
 <h2>Probability that one option is cheaper than another</h2>
 {comps}
 <h2>Assumptions and sources</h2>
