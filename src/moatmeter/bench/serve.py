@@ -331,8 +331,8 @@ class Client:
                       "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
                       f"User-Agent: moatmeter\r\n{auth}")
 
-    async def _connect(self) -> _Proto:
-        while self.idle:
+    async def _connect(self, reuse: bool = True) -> _Proto:
+        while reuse and self.idle:
             c = self.idle.pop()
             if c.usable():
                 return c
@@ -362,10 +362,20 @@ class Client:
         assert task is not None
         wd = _Watchdog(self.timeout_s, task, lambda: conn.last if conn else None)
         try:
+            data = (self._head + f"X-Request-Id: {req_id}\r\nContent-Length: {len(payload)}"
+                    "\r\n\r\n").encode() + payload
             conn = await self._connect()
-            keep = await conn.start(rec, (self._head + f"X-Request-Id: {req_id}\r\n"
-                                          f"Content-Length: {len(payload)}\r\n\r\n").encode()
-                                    + payload)
+            reused = conn.fut is not None  # it has served an earlier request
+            try:
+                keep = await conn.start(rec, data)
+            except _Failure as f:
+                # A server may close a kept-alive connection just as we reuse it (llama-server
+                # closes after each stream): nothing was read, so send once more on a new one.
+                if not (reused and f.kind == "disconnect"):
+                    raise
+                conn.close()
+                conn = await self._connect(reuse=False)
+                keep = await conn.start(rec, data)
         except _Failure as f:
             rec.error_kind, rec.error_detail, rec.http_status = f.kind, f.detail[:300], f.status
         except asyncio.CancelledError:
