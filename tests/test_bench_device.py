@@ -97,6 +97,8 @@ def test_quick_run_is_stored_and_feeds_calibration(quick_run: tuple[dict, Path])
 
 def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
     """Through the CLI, all at once (two of them pay a PyTorch import); more cases via the API."""
+    junk = tmp_path / "notes.db"
+    junk.write_text("not a database, just text " * 100)
     cases = {
         "unknown accelerator": (["--accelerator", "h999-xl"], "unknown accelerator id 'h999-xl'"),
         "absent device": (["--accelerator", CPU_ID, "--device", "cuda:3"],
@@ -104,10 +106,13 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
         "shape too big": (["--accelerator", CPU_ID, "--gemm", "200000x200000x200000"],
                           "--gemm 200000x200000x200000 needs"),
         "store is a dir": (["--accelerator", CPU_ID, "--db", str(tmp_path)], "is a directory"),
+        "store not sqlite": (["--accelerator", CPU_ID, "--db", str(junk)], "not a usable SQLite"),
     }
     base = [sys.executable, "-m", "moatmeter", "bench", "device", "--quick", "--json"]
+    work = tmp_path / "cwd"  # the default store ./moatmeter.db must not appear anywhere
+    work.mkdir()
     procs = {k: subprocess.Popen(base + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True) for k, (args, _) in cases.items()}
+                                 text=True, cwd=work) for k, (args, _) in cases.items()}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         lines = err.strip().splitlines()
@@ -115,6 +120,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
         assert len(lines) == 1 and "Traceback" not in err, (name, err)
         assert cases[name][1] in lines[0], (name, lines[0])
         assert out == "", name
+    assert list(work.iterdir()) == []
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -36,7 +36,7 @@ QUICK_DECODE_M = (1, 32)
 QUICK_PREFILL_M = (512,)
 DEFAULT_MODEL = "llama-3.1-8b"
 VENDOR_LIB = {"cuda": "cuBLAS", "rocm": "hipBLASLt/rocBLAS", "xpu": "oneDNN", "mps": "MPS",
-              "cpu": "oneDNN"}
+              "cpu": "MKL/oneDNN"}  # PyTorch's CPU fp32 GEMM goes to MKL, bf16/fp16 to oneDNN
 
 
 # ---------------------------------------------------------------- plain data
@@ -482,9 +482,17 @@ def _vendor_of(name: str) -> str:
     return "other"
 
 
-def _onednn_version(torch: Any) -> str:
-    m = re.search(r"oneDNN v?([\d.]+)", torch.__config__.show())
-    return f"oneDNN {m[1]}" if m else "ATen CPU"
+def _cpu_libs_version(torch: Any) -> str:
+    """'oneDNN 3.12.0, MKL 2024.2' from the build configuration (oneDNN was called MKL-DNN)."""
+    cfg = torch.__config__.show()
+    parts = []
+    m = re.search(r"(?:oneDNN|MKL-DNN) v?([\d.]+)", cfg)
+    if m:
+        parts.append(f"oneDNN {m[1]}")
+    m = re.search(r"Math Kernel Library Version ([\d.]+)", cfg)
+    if m:
+        parts.append(f"MKL {m[1]}")
+    return ", ".join(parts) or "ATen CPU kernels"
 
 
 def _triton_status(torch: Any, dev: Any, backend: str) -> str:
@@ -613,7 +621,7 @@ def detect(device: str | None = None) -> DeviceInfo:
         total, avail = _meminfo()
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1)
-        runtime = _onednn_version(torch)
+        runtime = _cpu_libs_version(torch)
         driver = f"{platform.system()} {platform.release()}"
         arch = str(torch.backends.cpu.get_cpu_capability())
         info = dict(memory_bytes=total, free_bytes=avail, llc_bytes=_cpu_llc_bytes(), units=cores,
@@ -887,9 +895,9 @@ def run_benchmark(catalog: Catalog, *, device: str | None = None, accelerator: s
     if accelerator is not None:
         catalog.accelerator(accelerator)  # an unknown id fails before PyTorch is even imported
     if db is not None:  # an unusable store fails now, not after minutes of measuring
-        from moatmeter.bench.device_store import open_store
+        from moatmeter.bench.device_store import check_store
 
-        open_store(db).close()
+        check_store(db)
     custom = [parse_gemm(s) for s in gemm]
     dm, pm = parse_ints(decode_m, "--decode-m"), parse_ints(prefill_m, "--prefill-m")
     info = detect(device)

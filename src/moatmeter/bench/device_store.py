@@ -82,6 +82,16 @@ def open_store(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
+def check_store(path: str | Path) -> None:
+    """Fail early on a store that cannot be written, without creating a file for a run that may
+    still fail before it measures anything."""
+    p = Path(path)
+    if p.exists():
+        open_store(p).close()
+    elif not p.parent.is_dir():
+        raise InputError(f"directory {p.parent} does not exist", file=str(p))
+
+
 def save_report(path: str | Path, report: Report) -> str:
     """One run row and one row per result, in a single transaction."""
     conn = open_store(path)
