@@ -90,6 +90,8 @@ def test_quick_run_is_stored_and_feeds_calibration(quick_run: tuple[dict, Path])
     vendor = [o for o in obs if o["library"] == "vendor"]
     assert len(vendor) == 1 and vendor[0]["accelerator"] == CPU_ID
     assert vendor[0]["family"] == "Zen4" and vendor[0]["runs"] == [rep["run_id"]]
+    assert vendor[0]["match"] == "user"  # named by the test, not recognised from the CPU name
+    assert vendor[0]["device_names"] == [rep["device"]["name"]]
     assert 0 < vendor[0]["eff_compute"] < 1.5 and 0 < vendor[0]["eff_memory"] < 1.5
     assert vendor[0]["eff_memory"] == rep["summary"]["bandwidth_eff"]
     assert not [o for o in obs if o["library"] == "triton"]  # nothing timed with Triton on CPU

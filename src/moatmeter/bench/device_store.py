@@ -123,7 +123,7 @@ def load_results(path: str | Path, run_id: str | None = None) -> list[dict[str, 
     conn = open_store(p)
     try:
         sql = ("SELECT r.*, u.accelerator, u.family, u.backend, u.device_name, u.created_at, "
-               "u.quick FROM device_results r JOIN device_runs u USING (run_id)")
+               "u.quick, u.match FROM device_results r JOIN device_runs u USING (run_id)")
         args: tuple[Any, ...] = ()
         if run_id is not None:
             sql += " WHERE run_id = ?"
@@ -141,7 +141,11 @@ def device_observations(db_path: str | Path) -> list[dict[str, Any]]:
     ``accelerator``, ``family``, ``backend``, ``library``, ``eff_compute`` (median efficiency of
     compute-bound GEMMs, i.e. prefill), ``eff_memory`` (best copy/triad bandwidth / datasheet),
     ``eff_memory_gemm`` (median of memory-bound decode GEMMs: weight streaming), ``n_compute``,
-    ``n_memory``, ``runs`` (run ids) and ``last_run_at``. Missing figures are None.
+    ``n_memory``, ``runs`` (run ids), ``last_run_at``, ``device_names`` (as PyTorch reported
+    them) and ``match``: ``auto`` when every run identified the device as that accelerator from
+    its name, ``user`` when a run was compared against an entry the user named (e.g. a CPU VM
+    held against a full-socket datasheet), which calibration may want to weigh down or skip.
+    Missing figures are None.
     """
     rows = load_results(db_path)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -172,5 +176,7 @@ def device_observations(db_path: str | Path) -> list[dict[str, Any]]:
             "n_memory": len(bw_rows) + len(mem_g),
             "runs": sorted({r["run_id"] for r in every}),
             "last_run_at": max(r["created_at"] for r in every),
+            "device_names": sorted({r["device_name"] for r in every}),
+            "match": "auto" if all(r["match"] == "auto" for r in every) else "user",
         })
     return out
