@@ -307,3 +307,29 @@ def test_stream_decoders_survive_any_split() -> None:
 def test_help_has_example() -> None:
     for cmd in ("serve", "list", "show", "export", "compare"):
         assert "Example" in inproc("bench", cmd, "--help"), cmd
+
+
+def test_no_traffic_to_any_other_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Proxies from the environment are ignored: every connection goes to the --url host."""
+    import socket
+
+    sentinel = socket.socket()
+    sentinel.bind(("127.0.0.1", 0))
+    sentinel.listen(16)
+    sentinel.setblocking(False)
+    proxy = f"http://127.0.0.1:{sentinel.getsockname()[1]}"
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(var, proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        with scripted("--ttft", "0.005", "--itl", "0.001") as url:
+            res = run(ServeSettings(url=url, model="m", requests=3, concurrency=1,
+                                    output_tokens=3), tmp_path / "p.db")
+        assert res.summary["completed"] == 3
+        assert "/v1/models" in store.get_run(store.connect(tmp_path / "p.db"),
+                                             res.run_id).server_info
+        with pytest.raises(BlockingIOError):
+            sentinel.accept()
+    finally:
+        sentinel.close()
