@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -252,3 +253,35 @@ def test_option_parsing() -> None:
     assert D.parse_dtypes(None, CPU, quick=True) == ["bf16"]
     with pytest.raises(InputError, match="unknown dtype 'int3'"):
         D.parse_dtypes("bf16,int3", CPU, quick=True)
+
+
+def test_time_fn_warms_up_flushes_and_bounds_repetitions() -> None:
+    import torch
+
+    from moatmeter.bench.kernels.timing import time_fn
+
+    calls: list[str] = []
+
+    def work() -> None:
+        calls.append("fn")
+        time.sleep(0.01)
+
+    t = time_fn(work, torch.device("cpu"), flush=lambda: calls.append("flush"),
+                warm=lambda: calls.append("warm"), min_reps=3, max_reps=4, min_time_s=0.0)
+    assert calls[0] == "warm" and calls[1:] == ["flush", "fn"] * 3
+    assert 0.009 < t < 0.2
+    calls.clear()
+    time_fn(work, torch.device("cpu"), warmup=0, min_reps=1, max_reps=1000, min_time_s=10.0,
+            max_time_s=0.05)  # a wall-time cap ends a slow measurement early
+    assert 1 <= calls.count("fn") <= 10
+
+
+def test_progress_total_matches_steps(catalog) -> None:
+    seen: list[tuple[str, int]] = []
+    rep = D.run_benchmark(catalog, quick=True, accelerator=CPU_ID, suites=["bandwidth"],
+                          bw_mib=16, progress=lambda d, n: seen.append((d, n)))
+    assert [d for d, _ in seen] == ["bandwidth copy", "bandwidth triad"]
+    assert {n for _, n in seen} == {2}
+    assert {r.op for r in rep.results} == {"copy", "triad"} and rep.db is None
+    warned = any("partly measure the cache" in n for n in rep.notes)
+    assert warned == (4 * rep.device.llc_bytes > (16 << 20))

@@ -263,6 +263,9 @@ def build_plan(arch: ModelArch, info: DeviceInfo, *, quick: bool, dtypes: list[s
     attns += [AttnCase("decode", b, heads, kvh, 1, kv, d) for b in batches]
     if bw_mib is not None:
         bw = bw_mib << 20
+        if bw < 4 * info.llc_bytes:
+            notes.append(f"--bw-mib {bw_mib} is under 4x the {info.llc_bytes >> 20} MiB "
+                         "last-level cache: copy/triad partly measure the cache, not memory")
     else:  # each array several times the last-level cache, so every pass goes to memory
         floor = (128 << 20) if quick else (512 << 20)
         bw = max(floor, 8 * info.llc_bytes)
@@ -865,11 +868,16 @@ def _triton_check(quick: bool) -> tuple[list[Result], str]:
                  "PyTorch")
 
 
-def count_steps(plan: Plan, info: DeviceInfo, triton_ok: bool) -> int:
+def count_steps(plan: Plan, info: DeviceInfo, triton_ok: bool, suites: Sequence[str]) -> int:
+    """Progress-bar total: one step per GEMM (dtype, shape), attention case, stream, copy."""
     gemm = len(plan.dtypes) * len(plan.gemms)
     attn = max(1, len([d for d in plan.dtypes if d != "fp8"])) * len(plan.attns)
-    xfer = 0 if info.backend == "cpu" else 2 + (1 if info.count >= 2 else 0)
-    return gemm + attn + 2 + xfer + (0 if triton_ok else 1)
+    bw = 2 if "bandwidth" in suites else 0
+    xfer = 2 + (1 if info.count >= 2 else 0) if "transfer" in suites and info.backend != "cpu" \
+        else 0
+    check = int(not triton_ok and info.backend in ("cpu", "mps") and bool(plan.gemms or
+                                                                           plan.attns))
+    return gemm + attn + bw + xfer + check
 
 
 def run_benchmark(catalog: Catalog, *, device: str | None = None, accelerator: str | None = None,
@@ -921,7 +929,7 @@ def run_benchmark(catalog: Catalog, *, device: str | None = None, accelerator: s
     t0 = time.perf_counter()
     dev = torch.device(info.device)
     triton_ok = info.triton == "device"
-    total = count_steps(plan, info, triton_ok)
+    total = count_steps(plan, info, triton_ok, chosen)
     done = 0
 
     def tick(desc: str) -> None:
