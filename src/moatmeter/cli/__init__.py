@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from moatmeter.cli import bench_device_cmds, bench_serve_cmds, catalog_cmds, perf_cmds, plan_cmds
 from moatmeter.cli.common import err_console
@@ -41,7 +42,7 @@ def main() -> None:
     try:
         app()
     except MoatError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
