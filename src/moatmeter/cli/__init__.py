@@ -42,7 +42,8 @@ def main() -> None:
     try:
         app()
     except MoatError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        msg = escape(str(exc))
+        err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
