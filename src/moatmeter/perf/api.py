@@ -229,8 +229,7 @@ def _prediction(r: Resolved, acc: str, stack: str, model: str, count: int, tp: i
     otps = float(pt.output_tps[0]) * replicas
     rps = float(pt.rate_rps[0]) * replicas
     m = MemoryBreakdown(
-        device_gb=float((r.usable_per_device[0] + mem.RESERVE_FIXED_BYTES)
-                        / (1 - mem.RESERVE_FRACTION) / mem.GIB),
+        device_gb=float(r.device_bytes[0] / mem.GIB),
         usable_gb=float(r.usable_per_device[0] / mem.GIB),
         weights_gb=float(r.weights_per_device[0] / mem.GIB),
         kv_pool_gb=float(max(r.kv_pool[0], 0) / r.devices[0] / mem.GIB),

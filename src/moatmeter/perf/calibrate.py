@@ -57,6 +57,8 @@ SIGMA0 = 0.25
 N0 = 2.0
 SIGMA_FLOOR = 0.08
 OBS_SCALE = 0.15  # soft-L1 transition: residuals beyond ~15 % count linearly
+SOURCE_POWER = 0.0
+PRIOR_SCALE = 1.0
 
 
 def logit(p: float) -> float:
@@ -259,12 +261,22 @@ def build_design(keys: list[dict[str, str]]) -> Design:
     return Design(names, idx, mean.ravel(), sd.ravel())
 
 
-def fit(predict_log: Any, log_measured: np.ndarray, design: Design, *, max_nfev: int = 60
-        ) -> tuple[np.ndarray, np.ndarray]:
+def source_weights(sources: list[str]) -> np.ndarray:
+    """Row weights ∝ n_source^−SOURCE_POWER (mean 1): one long table must not outvote the rest."""
+    count: dict[str, int] = {}
+    for s in sources:
+        count[s] = count.get(s, 0) + 1
+    w = np.array([count[s] ** -SOURCE_POWER for s in sources], float)
+    return w / w.mean()
+
+
+def fit(predict_log: Any, log_measured: np.ndarray, design: Design, *, max_nfev: int = 60,
+        weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Least squares of log(pred/measured) plus priors. Returns (θ, per-row log residuals).
 
     ``predict_log(eff_c, eff_m, overhead) -> log predicted`` evaluates all rows at once.
     """
+    w = np.ones(len(log_measured)) if weights is None else np.asarray(weights, float)
     from scipy.optimize import least_squares
     from scipy.sparse import lil_matrix
 
@@ -274,7 +286,9 @@ def fit(predict_log: Any, log_measured: np.ndarray, design: Design, *, max_nfev:
         ec, em, ov = z_to_eff(design.z_rows(theta))
         r = (predict_log(ec, em, ov) - log_measured) / OBS_SCALE
         r = np.where(np.isfinite(r), r, 50.0)
-        pr = (theta - design.prior_mean) / design.prior_sd
+        # soft-L1 on the data only (ρ = 2(√(1+r²) − 1)); the priors stay Gaussian
+        r = np.sign(r) * np.sqrt(2.0 * (np.sqrt(1.0 + r * r) - 1.0)) * w
+        pr = (theta - design.prior_mean) / (design.prior_sd * PRIOR_SCALE)
         return np.concatenate([r, pr])
 
     sp = lil_matrix((n + p, p), dtype=int)
@@ -284,8 +298,8 @@ def fit(predict_log: Any, log_measured: np.ndarray, design: Design, *, max_nfev:
                 sp[r, 3 * b + q] = 1
     for j in range(p):
         sp[n + j, j] = 1
-    res = least_squares(resid, design.prior_mean.copy(), jac_sparsity=sp, loss="soft_l1",
-                        f_scale=1.0, max_nfev=max_nfev, x_scale=1.0, method="trf")
+    res = least_squares(resid, design.prior_mean.copy(), jac_sparsity=sp, loss="linear",
+                        max_nfev=max_nfev, x_scale=1.0, method="trf")
     theta = res.x
     ec, em, ov = z_to_eff(design.z_rows(theta))
     return theta, predict_log(ec, em, ov) - log_measured

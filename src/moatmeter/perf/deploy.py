@@ -34,6 +34,10 @@ LAT_FAST = 8e-6
 LAT_PCIE = 25e-6
 PCIE_FALLBACK_GBS = 64.0  # PCIe Gen4 x16 bidirectional where a device states no scale-up figure
 DEFAULT_MAX_BATCH = 256  # vLLM's default max_num_seqs
+# Memory an engine keeps for itself (fraction of device memory, fixed GiB). vLLM and its kin
+# pre-allocate to gpu_memory_utilization = 0.9 by default (vLLM engine arguments docs); llama.cpp
+# and Ollama allocate weights + KV + compute buffers of a few hundred MiB (estimates).
+ENGINE_RESERVE = {"llama.cpp": (0.02, 0.5), "ollama": (0.02, 0.5)}
 _16BIT = ("bf16", "fp16", "fp32")
 
 
@@ -53,6 +57,7 @@ def _peak_for(acc: Accelerator, dtype: str) -> tuple[float, str, str]:
 
 
 def _stack_has_dtype(stack: Stack, dtype: str, kind: str) -> bool:
+    """Whether the stack lists the precision, as a dtype or (weights) as a quantisation format."""
     listed = {mem.norm_dtype(d) for d in (stack.weight_dtypes if kind == "weight"
                                           else stack.kv_dtypes)}
     d = mem.norm_dtype(dtype)
@@ -60,10 +65,15 @@ def _stack_has_dtype(stack: Stack, dtype: str, kind: str) -> bool:
         return True
     if d in ("bf16", "fp16", "f16") and listed & {"bf16", "fp16", "f16"} and kind == "kv":
         return True  # same bytes; engines pick the 16-bit type the device has
-    if d in ("fp16", "f16") and listed & {"fp16", "f16"}:
+    if kind != "weight":
+        return False
+    formats = {mem.norm_dtype(q) for q in stack.quant_formats}
+    if d in formats:
         return True
+    if mem.DTYPE_CLASS.get(d) == "fp4" and "fp4" in listed:
+        return True  # MXFP4 / NVFP4 where the stack lists 4-bit floats generically
     gguf = d.startswith("q") and "_" in d
-    return gguf and ("gguf" in listed or "gguf" in {q.lower() for q in stack.quant_formats})
+    return gguf and "gguf" in formats
 
 
 @dataclass
@@ -75,6 +85,7 @@ class Resolved:
     reason: list[str]
     devices: np.ndarray
     weights_per_device: np.ndarray  # bytes
+    device_bytes: np.ndarray  # memory per device
     usable_per_device: np.ndarray  # bytes
     kv_pool: np.ndarray  # bytes over the replica
     max_sequences: np.ndarray
@@ -262,8 +273,11 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     # --- memory
     devices = tp * pp
     w_dev = w_total / devices
-    usable = mem.usable_bytes(mem_gb)
-    pool = mem.kv_pool(mem_gb, w_dev, devices)
+    res_u = np.array([ENGINE_RESERVE.get(s.engine.lower(), (mem.RESERVE_FRACTION,
+                                                             mem.RESERVE_FIXED_BYTES / mem.GIB))
+                      for s in stacks])
+    usable = mem.usable_bytes(mem_gb, res_u[st_i, 0], res_u[st_i, 1] * mem.GIB)
+    pool = (usable - w_dev) * devices
     max_seq = mem.max_sequences(pool, kv_tok, ctx)
     idx = np.flatnonzero((reasons == "") & (w_dev > usable))
     for i in idx:
@@ -301,7 +315,8 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                    moe_layers=moe_layers, kv_tok=kv_tok, flops_tok=flops_tok, attn=attn,
                    hidden=hidden, layers=layers)
     return Resolved(s=s, feasible=feasible, reason=list(reasons), devices=devices,
-                    weights_per_device=w_dev, usable_per_device=usable, kv_pool=pool,
+                    weights_per_device=w_dev, device_bytes=mem_gb * mem.GIB,
+                    usable_per_device=usable, kv_pool=pool,
                     max_sequences=max_seq, max_batch=mb, bcap=bcap, eff_sigma=eff_r[:, 3],
                     calib_note=calib_note, compute_dtype=cdt, dtype_note=list(dnote),
                     extra={"pair_index": pkey_i})

@@ -13,7 +13,8 @@ Why these numbers:
   34 bytes per 32; ``Q4_K_M`` averages ~4.85 bits, ``Q5_K_M`` ~5.7, ``Q6_K`` 6.56). OCP MXFP4 has an
   8-bit scale per 32 values (4.25 bits); NVFP4 an fp8 scale per 16 (4.5 bits).
 - Quantised checkpoints keep the embedding and LM head in 16 bits (AWQ/GPTQ/FP8 checkpoints in
-  vLLM and TensorRT-LLM do), so only the transformer-block weights shrink.
+  vLLM and TensorRT-LLM do), so only the transformer-block weights shrink; GGUF block formats
+  quantise them too.
 - KV bytes per token = 2 · layers · kv_heads · head_dim · bytes (MLA: latent rank + rope dims, one
   copy). Under tensor parallelism each rank needs at least one KV head, so when TP exceeds the KV
   heads the cache is replicated (factor ``tp / kv_heads``); MLA's latent is replicated on every
@@ -50,8 +51,14 @@ DTYPE_CLASS: dict[str, str] = {
 }
 
 
+ALIASES = {"f16": "fp16", "f32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float32": "fp32",
+           "e4m3": "fp8", "fp8_e4m3": "fp8", "w4a16": "int4", "w8a8": "int8"}
+
+
 def norm_dtype(d: str) -> str:
-    return str(d).strip().lower().replace("-", "_")
+    """Canonical spelling: lower case, '-' → '_', llama.cpp's f16/f32 → fp16/fp32."""
+    x = str(d).strip().lower().replace("-", "_")
+    return ALIASES.get(x, x)
 
 
 def weight_bytes_per_param(dtype: str) -> float | None:
@@ -67,7 +74,9 @@ def model_weight_bytes(arch: ModelArch, dtype: str) -> float:
     b = weight_bytes_per_param(dtype)
     if b is None:
         raise KeyError(dtype)
-    emb_b = max(b, 2.0) if b < 2.0 else b
+    d = norm_dtype(dtype)
+    # GGUF files quantise the embeddings too (Q4_K_M keeps them at 4-6 bits); others keep 16-bit
+    emb_b = b if d.startswith("q") or b >= 2.0 else 2.0
     return (arch.total_params - arch.embedding_params) * b + arch.embedding_params * emb_b
 
 
@@ -93,10 +102,11 @@ def kv_replication(arch: ModelArch, tp: np.ndarray) -> np.ndarray:
     return np.maximum(1.0, tp / max(arch.kv_heads, 1))
 
 
-def usable_bytes(memory_gb: np.ndarray) -> np.ndarray:
+def usable_bytes(memory_gb: np.ndarray, fraction: np.ndarray | float = RESERVE_FRACTION,
+                 fixed: np.ndarray | float = RESERVE_FIXED_BYTES) -> np.ndarray:
     """Per-device bytes the engine can use for weights + KV after its reserve."""
     mem = np.asarray(memory_gb, dtype=float) * GIB
-    return mem * (1.0 - RESERVE_FRACTION) - RESERVE_FIXED_BYTES
+    return mem * (1.0 - np.asarray(fraction)) - fixed
 
 
 def kv_pool(memory_gb: np.ndarray, weights_per_device: np.ndarray, devices: np.ndarray

@@ -20,6 +20,7 @@ from moatmeter.perf.calibrate import (
     calibration_from_fit,
     default_calibration,
     fit,
+    source_weights,
 )
 from moatmeter.perf.observations import (
     Prepared,
@@ -54,7 +55,8 @@ def _fit_prepared(p: Prepared, idx: np.ndarray | None = None, meta: dict[str, An
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.log(predict_prepared(sub, ec, em, ov))
 
-    theta, resid = fit(predict_log, logm, design)
+    theta, resid = fit(predict_log, logm, design,
+                       weights=source_weights([o.source for o in sub.obs]))
     cal = calibration_from_fit(theta, design, resid, keys, meta or {})
     return cal, resid
 

@@ -1,0 +1,71 @@
+"""Leave-one-source-out cross-validation of the calibrated performance model.
+
+For every source (document) in the observations, refit the calibration from the priors on all
+other sources and predict the held-out rows; print median and p90 absolute percentage error
+overall, per vendor, per stack, per metric and per source.
+
+    python3 benchmarks/calibration_cv.py [--observations FILE.csv ...] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from moatmeter.catalog.load import load_catalog
+from moatmeter.perf.observations import bundled_observations, read_observations
+from moatmeter.perf.validate import loso_cv
+
+
+def _fmt(s: dict) -> str:
+    if not s["n"]:
+        return "n=0"
+    return f"median {100 * s['median_ape']:5.1f} %  p90 {100 * s['p90_ape']:6.1f} %  n={s['n']}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--observations", nargs="*", default=None)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    cat = load_catalog()
+    rows = []
+    for f in args.observations or [bundled_observations()]:
+        rows += read_observations(f)
+    src = {r["id"]: r["source"] for r in rows}
+    t0 = time.perf_counter()
+    cv = loso_cv(cat, rows)
+    dt = time.perf_counter() - t0
+    s = cv["summary"]
+    if args.json:
+        print(json.dumps(s, indent=1))
+        return
+    print(f"leave-one-source-out over {s['sources']} sources, {s['n']} rows modelled, "
+          f"{len(s['skipped'])} skipped ({dt:.0f} s)")
+    print(f"overall            {_fmt(s)}")
+    for name in ("vendor", "stack", "metric", "scenario"):
+        print(f"per {name}:")
+        for k, v in s["by"][name].items():
+            print(f"  {k:<20} {_fmt(v)}")
+    by_src: dict[str, list[float]] = defaultdict(list)
+    bias: dict[str, list[float]] = defaultdict(list)
+    for r in cv["rows"]:
+        by_src[src[r["id"]]].append(r["ape"])
+        bias[src[r["id"]]].append(float(np.log(r["predicted"] / r["measured"])))
+    print("per source (median APE, median log bias pred/measured):")
+    for k, v in sorted(by_src.items(), key=lambda kv: -np.median(kv[1])):
+        print(f"  {100 * np.median(v):5.1f} %  bias {np.median(bias[k]):+.2f}  n={len(v):<3} "
+              f"{k[:90]}")
+    reasons: dict[str, int] = defaultdict(int)
+    for sk in s["skipped"]:
+        reasons[sk["reason"].split(":")[0]] += 1
+    for k, v in reasons.items():
+        print(f"skipped {v}: {k}")
+
+
+if __name__ == "__main__":
+    main()
