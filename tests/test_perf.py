@@ -258,3 +258,25 @@ def test_open_loop_latency_grows_with_rate(bw, peak, p, r1, r2):
     assert b.tpot_mean[0] >= a.tpot_mean[0] * (1 - 1e-6)
     g = goodput(s, inp, out, bcap, 10.0, 10.0)
     assert g.rate_rps[0] <= sat * (1 + 1e-9)
+
+
+def test_partial_continuous_batching_caps_the_batch():
+    r = resolve(CAT, accelerator="rtx-4090", stack=np.array(["ollama-cuda", "llamacpp-cuda"]),
+                model="llama-3.1-8b", tp=1, pp=1, weight_dtype="q4_k_m", kv_dtype="fp16",
+                context=1024, max_batch=256)
+    assert r.feasible.all()
+    assert r.bcap[0] == 4 and r.bcap[1] > 4
+
+
+def test_dtype_spellings_and_weight_format_as_kv():
+    # llama.cpp's f16 is fp16; a GGUF format is a weight dtype only
+    r = resolve(CAT, accelerator="rtx-4090", stack="llamacpp-cuda", model="llama-3.1-8b",
+                tp=1, pp=1, weight_dtype=np.array(["f16", "q4_k_m", "mxfp4"]), kv_dtype="fp16",
+                context=1024)
+    assert r.feasible.all(), r.reason
+    # GGUF quantises the embeddings too: Q4_K_M of 8.03e9 params ≈ 4.87 GB
+    assert r.weights_per_device[1] == pytest.approx(8.03e9 * 4.85 / 8, rel=0.01)
+    p = predict_deployment(CAT, accelerator="rtx-4090", count=1, tp=1, stack="llamacpp-cuda",
+                           model="llama-3.1-8b", weight_dtype="q4_k_m", kv_dtype="q4_k_m",
+                           input_tokens=512, output_tokens=128, concurrency=1)
+    assert p.kv_dtype == "fp16" and "weight format" in p.notes[0]

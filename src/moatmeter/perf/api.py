@@ -174,12 +174,15 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
         raise InputError(f"unknown weight dtype '{weight_dtype}' (known: "
                          f"{', '.join(sorted(mem.WEIGHT_BYTES))})", field="dtype")
     st = catalog.stack(stack)
-    kd = mem.norm_dtype(kv_dtype) if kv_dtype else (
-        "fp16" if st.engine.lower() in ("llama.cpp", "ollama") else "bf16")
+    default_kv = "fp16" if st.engine.lower() in ("llama.cpp", "ollama") else "bf16"
+    kd = mem.norm_dtype(kv_dtype) if kv_dtype else default_kv
+    pre_notes = []
     if mem.kv_bytes_per_elem(kd) is None:
-        known = ", ".join(sorted(mem.KV_BYTES))
-        raise InputError(f"unknown KV dtype '{kv_dtype}' (known: {known})",
-                         field="kv-dtype")
+        if mem.weight_bytes_per_param(kd) is None:
+            known = ", ".join(sorted(mem.KV_BYTES))
+            raise InputError(f"unknown KV dtype '{kv_dtype}' (known: {known})", field="kv-dtype")
+        pre_notes.append(f"{kd} is a weight format, not a KV-cache type: KV kept at {default_kv}")
+        kd = default_kv
     entry = catalog.model(model)
     catalog.accelerator(accelerator)
     arch = arch_of(entry)
@@ -192,8 +195,10 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                 model=entry, tp=np.array([tp]), pp=np.array([pp]), weight_dtype=np.array([wd]),
                 kv_dtype=np.array([kd]), context=np.array([ctx]),
                 max_batch=None if max_batch is None else np.array([max_batch]), calib=calib)
-    return _prediction(r, accelerator, stack, model, count, tp, pp, wd, kd, input_tokens,
-                       output_tokens, concurrency, rate, replicas)
+    p = _prediction(r, accelerator, stack, model, count, tp, pp, wd, kd, input_tokens,
+                    output_tokens, concurrency, rate, replicas)
+    p.notes = pre_notes + p.notes
+    return p
 
 
 def _prediction(r: Resolved, acc: str, stack: str, model: str, count: int, tp: int, pp: int,

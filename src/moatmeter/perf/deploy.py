@@ -38,6 +38,9 @@ DEFAULT_MAX_BATCH = 256  # vLLM's default max_num_seqs
 # pre-allocate to gpu_memory_utilization = 0.9 by default (vLLM engine arguments docs); llama.cpp
 # and Ollama allocate weights + KV + compute buffers of a few hundred MiB (estimates).
 ENGINE_RESERVE = {"llama.cpp": (0.02, 0.5), "ollama": (0.02, 0.5)}
+# Concurrent sequences a stack can batch when continuous batching is only partial: Ollama's
+# OLLAMA_NUM_PARALLEL defaults to 4 (or 1) slots (Ollama FAQ); without it, one at a time.
+PARTIAL_BATCH_CAP = 4.0
 _16BIT = ("bf16", "fp16", "fp32")
 
 
@@ -286,7 +289,10 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     m = (reasons == "") & (max_seq < 1)
     reasons[m] = "KV cache cannot hold one sequence at this context"
     feasible = reasons == ""
-    bcap = np.maximum(np.minimum(mb, max_seq), 1.0)
+    level = [s.features["continuous_batching"].level for s in stacks]  # type: ignore[index]
+    cap_u = np.array([np.inf if lv in ("yes", "experimental") else
+                      PARTIAL_BATCH_CAP if lv == "partial" else 1.0 for lv in level])
+    bcap = np.maximum(np.minimum(np.minimum(mb, max_seq), cap_u[st_i]), 1.0)
 
     # --- efficiencies per (stack, family)
     fam_u, fam_of_acc = np.unique(np.array([a.family for a in accs]), return_inverse=True)
