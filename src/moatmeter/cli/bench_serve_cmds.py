@@ -181,12 +181,21 @@ def serve_cmd(
     results = []
     interrupted = False
     for s in settings_list:
-        total = s.requests if s else 0
+        if s is None:  # resume: what is left of the stored run
+            assert resume is not None
+            conn = store.open_existing(db)
+            try:
+                total = store.get_run(conn, resume).requested - len(
+                    store.done_indices(conn, resume))
+            finally:
+                conn.close()
+        else:
+            total = s.requests
         show = err_console.is_terminal
         with Progress(TextColumn("[bold]bench serve"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("errors {task.fields[err]}"), TimeElapsedColumn(),
                       console=err_console, transient=True, disable=not show) as bar:
-            task = bar.add_task("run", total=total or None, err=0)
+            task = bar.add_task("run", total=total, err=0)
             errs = 0
 
             def on_record(rec: Any, bar: Progress = bar, task: Any = task) -> None:
