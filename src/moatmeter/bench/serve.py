@@ -739,7 +739,7 @@ def run(settings: ServeSettings, db_path: str | Path, *, declared: dict[str, Any
         prompts = _prompts(settings, settings.requests, settings.seed)
         done = store.done_indices(conn, rid) if resume else set()
         todo = [i for i in range(settings.requests) if i not in done]
-        session = store.next_session(conn, rid) if resume else 0
+        session = (store.next_session(conn, rid) or 1) if resume else 0
         bodies = {i: json.dumps(request_body(target, settings.model, prompts[i],
                                              settings.ignore_eos)).encode() for i in todo}
         warm = _prompts(settings, settings.warmup, settings.seed + 7919) if settings.warmup else []
