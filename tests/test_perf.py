@@ -154,8 +154,8 @@ def test_fallback_note_and_wider_sigma():
     cal.sigma["pair"]["vllm-cuda|Hopper"] = 0.1
     cal.sigma["stack"]["vllm-cuda"] = 0.1
     cal.sigma["family"]["Hopper"] = 0.1
-    seen = cal.lookup("vllm-cuda", "vLLM", "Hopper", "nvidia")
-    unseen = cal.lookup("vllm-cuda", "vLLM", "Blackwell", "nvidia")
+    seen = cal.lookup("vllm-cuda", "vLLM", "Hopper", "nvidia/gpu/datacenter")
+    unseen = cal.lookup("vllm-cuda", "vLLM", "Blackwell", "nvidia/gpu/datacenter")
     assert "calibrated on 10" in seen.note
     assert unseen.note.startswith("fallback") and unseen.sigma > seen.sigma
 

@@ -5,9 +5,11 @@ Three numbers describe how close a software stack gets to the hardware: compute 
 per-step overhead. They are fitted hierarchically, in transformed space (logit for the two
 efficiencies, log for the overhead):
 
-    z(stack, family) = global + vendor + family + engine + stack + (stack, family) + arch
+    z(stack, family) = global + line + family + engine + stack + (stack, family) + arch
 
-(``arch`` is the model's class: dense, moe or mla-moe.)
+(``line`` is the product line — vendor, device type, datacenter or client — so that an unseen
+Gaudi generation borrows from Gaudi, not from Arc; ``arch`` is the model's class: dense, moe or
+mla-moe.)
 
 Each level is an offset with a zero-mean Gaussian prior (ridge), so a pair with no data inherits
 what its engine, its stack on other families and its family under other stacks say — the "nearest
@@ -35,10 +37,10 @@ import numpy as np
 
 from moatmeter.errors import InputError
 
-LEVELS = ("vendor", "family", "engine", "stack", "pair", "arch")
+LEVELS = ("line", "family", "engine", "stack", "pair", "arch")
 # Prior standard deviations of each level's offset for (compute, memory, overhead).
 PRIOR_SD: dict[str, tuple[float, float, float]] = {
-    "vendor": (0.5, 0.5, 0.8),
+    "line": (0.5, 0.5, 0.8),
     "family": (0.4, 0.4, 0.6),
     "engine": (0.6, 0.6, 1.0),
     "stack": (0.4, 0.4, 0.6),
@@ -59,6 +61,12 @@ SIGMA_FLOOR = 0.08
 OBS_SCALE = 0.15  # soft-L1 transition: residuals beyond ~15 % count linearly
 SOURCE_POWER = 0.0
 PRIOR_SCALE = 1.0
+
+
+def product_line(acc: Any) -> str:
+    """Vendor / device type / datacenter-or-client: the fallback level above the family."""
+    where = "datacenter" if acc.form_factor == "datacenter" else "client"
+    return f"{acc.vendor}/{acc.device_type}/{where}"
 
 
 def logit(p: float) -> float:
@@ -104,19 +112,22 @@ class Calibration:
     def pair_key(stack: str, family: str) -> str:
         return f"{stack}|{family}"
 
-    def z(self, stack: str, engine: str, family: str, vendor: str, arch: str = "dense"
+    def z(self, stack: str, engine: str, family: str, line: str, arch: str = "dense"
           ) -> np.ndarray:
-        keys = {"vendor": vendor, "family": family, "engine": engine.lower(), "stack": stack,
+        keys = {"line": line, "family": family, "engine": engine.lower(), "stack": stack,
                 "pair": self.pair_key(stack, family), "arch": arch}
         z = np.array(self.global_z, float)
         for lv, k in keys.items():
             z = z + np.array(self.offsets.get(lv, {}).get(k, [0.0, 0.0, 0.0]), float)
         return z
 
-    def lookup(self, stack: str, engine: str, family: str, vendor: str, arch: str = "dense"
+    def lookup(self, stack: str, engine: str, family: str, line: str, arch: str = "dense"
                ) -> Efficiency:
-        """Efficiencies for a (stack, family) pair, falling back through the levels if unseen."""
-        ec, em, ov = (float(v) for v in z_to_eff(self.z(stack, engine, family, vendor, arch)))
+        """Efficiencies for a (stack, family) pair, falling back through the levels if unseen.
+
+        ``line`` is ``product_line(accelerator)``.
+        """
+        ec, em, ov = (float(v) for v in z_to_eff(self.z(stack, engine, family, line, arch)))
         pk = self.pair_key(stack, family)
         n_pair = self.counts.get("pair", {}).get(pk, 0)
         if n_pair > 0:
@@ -135,8 +146,8 @@ class Calibration:
                 known.append(f"engine {engine} on other backends (n={n_en})")
             if n_fa:
                 known.append(f"{family} under other stacks (n={n_fa})")
-            elif self.counts.get("vendor", {}).get(vendor, 0):
-                known.append(f"other {vendor} families")
+            elif self.counts.get("line", {}).get(line, 0):
+                known.append(f"other {line} families")
             if n_st and n_fa:
                 sig = 1.5 * max(s_st, s_fa)
             elif n_st or n_fa or n_en:
@@ -169,7 +180,7 @@ class Calibration:
             info = self.meta.get("pair_info", {}).get(pk)
             if not info:
                 continue
-            e = self.lookup(pk.split("|")[0], info["engine"], pk.split("|")[1], info["vendor"],
+            e = self.lookup(pk.split("|")[0], info["engine"], pk.split("|")[1], info["line"],
                             "dense")
             out[pk] = {"eff_compute": round(e.eff_compute, 4), "eff_memory": round(e.eff_memory, 4),
                        "overhead_ms": round(e.overhead_s * 1e3, 3), "sigma": round(e.sigma, 4),
@@ -241,7 +252,7 @@ class Design:
 
 
 def build_design(keys: list[dict[str, str]]) -> Design:
-    """``keys``: per row {vendor, family, engine, stack, pair} → design with one block per key."""
+    """``keys``: per row {line, family, …, arch} → design with one block per distinct key."""
     names: list[tuple[str, str]] = [("global", "")]
     where: dict[tuple[str, str], int] = {}
     idx = np.zeros((len(keys), 1 + len(LEVELS)), dtype=int)
@@ -324,6 +335,6 @@ def calibration_from_fit(theta: np.ndarray, design: Design, log_resid: np.ndarra
             c.counts[lv][k] = len(v)
             c.sigma[lv][k] = round(float(math.sqrt((np.sum(arr**2) + N0 * SIGMA0**2)
                                                    / (len(arr) + N0))), 5)
-    info = {k["pair"]: {"engine": k["engine"], "vendor": k["vendor"]} for k in keys}
+    info = {k["pair"]: {"engine": k["engine"], "line": k["line"]} for k in keys}
     c.meta = {**meta, "pair_info": info, "fitted": date.today().isoformat()}
     return c

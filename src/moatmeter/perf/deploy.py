@@ -26,7 +26,7 @@ from moatmeter.catalog.load import Catalog
 from moatmeter.catalog.modelarch import ModelArch, arch_of
 from moatmeter.catalog.schema import Accelerator, ModelEntry, Stack
 from moatmeter.perf import memory as mem
-from moatmeter.perf.calibrate import Calibration, default_calibration
+from moatmeter.perf.calibrate import Calibration, default_calibration, product_line
 from moatmeter.perf.step import StepInputs
 
 FAST_LINK_GBS = 200.0  # above this the scale-up fabric is a dedicated link, not PCIe
@@ -295,19 +295,16 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     bcap = np.maximum(np.minimum(np.minimum(mb, max_seq), cap_u[st_i]), 1.0)
 
     # --- efficiencies per (stack, family)
-    fam_u, fam_of_acc = np.unique(np.array([a.family for a in accs]), return_inverse=True)
-    fam_i = fam_of_acc[acc_i]
-    F, M = len(fam_u), len(mo_u)
-    pkey_u, pkey_i = _uniq((st_i * F + fam_i) * M + mo_i, S * F * M)
-    fam_vendor = {a.family: a.vendor for a in accs}
+    A, M = len(acc_u), len(mo_u)
+    pkey_u, pkey_i = _uniq((st_i * A + acc_i) * M + mo_i, S * A * M)
     eff = np.zeros((len(pkey_u), 4))
     pnote = []
     for j, k in enumerate(pkey_u):
-        s = stacks[k // (F * M)]
-        fam = fam_u[(k // M) % F]
+        s = stacks[k // (A * M)]
+        acc = accs[(k // M) % A]
         a = arches[k % M]
         cls = "mla-moe" if a.is_mla else "moe" if a.is_moe else "dense"
-        e = calib.lookup(s.id, s.engine, fam, fam_vendor[fam], cls)
+        e = calib.lookup(s.id, s.engine, acc.family, product_line(acc), cls)
         eff[j] = (e.eff_compute, e.eff_memory, e.overhead_s, e.sigma)
         pnote.append(e.note)
     eff_r = eff[pkey_i]

@@ -29,7 +29,7 @@ from moatmeter.catalog.load import Catalog
 from moatmeter.catalog.modelarch import ModelArch, arch_of
 from moatmeter.errors import InputError
 from moatmeter.perf import memory as mem
-from moatmeter.perf.calibrate import Calibration
+from moatmeter.perf.calibrate import Calibration, product_line
 from moatmeter.perf.deploy import DEFAULT_MAX_BATCH, Resolved, resolve
 from moatmeter.perf.serving import closed_loop, goodput
 from moatmeter.perf.step import prefill_time
@@ -106,6 +106,7 @@ class Obs:
     ttft_slo: float
     tpot_slo: float
     arch: str = "dense"
+    line: str = ""
 
 
 def _num(v: str) -> float | None:
@@ -245,7 +246,7 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                        output_len=outl, metric=metric, value=value, vendor=acc.vendor,
                        family=acc.family, engine=cat.stack(stack_id).engine,
                        ttft_slo=ttft_slo, tpot_slo=tpot_slo,
-                       arch=arch_class(arch_of(cat.model(model_id)))))
+                       arch=arch_class(arch_of(cat.model(model_id))), line=product_line(acc)))
     return out, skipped
 
 
@@ -340,7 +341,7 @@ def predict_prepared(p: Prepared, eff_c: np.ndarray | None = None, eff_m: np.nda
 
 
 def rows_keys(p: Prepared) -> list[dict[str, str]]:
-    return [{"vendor": o.vendor, "family": o.family, "engine": o.engine.lower(), "stack": o.stack,
+    return [{"line": o.line, "family": o.family, "engine": o.engine.lower(), "stack": o.stack,
              "pair": Calibration.pair_key(o.stack, o.family), "arch": o.arch} for o in p.obs]
 
 

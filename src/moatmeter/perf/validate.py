@@ -73,7 +73,7 @@ def _subset(p: Prepared, idx: np.ndarray) -> Prepared:
 
 
 def _with_calib(p: Prepared, cal: Calibration) -> np.ndarray:
-    effs = [cal.lookup(o.stack, o.engine, o.family, o.vendor, o.arch) for o in p.obs]
+    effs = [cal.lookup(o.stack, o.engine, o.family, o.line, o.arch) for o in p.obs]
     eff = np.array([(e.eff_compute, e.eff_memory, e.overhead_s) for e in effs], dtype=float)
     return predict_prepared(p, eff[:, 0], eff[:, 1], eff[:, 2])
 
