@@ -280,3 +280,16 @@ def test_dtype_spellings_and_weight_format_as_kv():
                            model="llama-3.1-8b", weight_dtype="q4_k_m", kv_dtype="q4_k_m",
                            input_tokens=512, output_tokens=128, concurrency=1)
     assert p.kv_dtype == "fp16" and "weight format" in p.notes[0]
+
+
+def test_empty_and_all_infeasible_grids():
+    empty = DeploymentGrid(accelerator=np.array([], str), stack=np.array([], str),
+                           tp=np.array([], int), pp=np.array([], int),
+                           weight_dtype=np.array([], str), kv_dtype=np.array([], str))
+    r = evaluate_grid(CAT, "llama-3.1-8b", empty, Workload(100, 10), SLO(1, 0.1))
+    assert len(r.feasible) == 0 and r.reason == []
+    r = evaluate_grid(CAT, "llama-3.1-70b", _grid(accelerator=["rtx-4090", "l4"],
+                                                  stack="vllm-cuda", tp=[1, 1], pp=1,
+                                                  weight_dtype="bf16", kv_dtype="bf16"),
+                      Workload(100, 10), SLO(1, 0.1))
+    assert not r.feasible.any() and (r.goodput_rps == 0).all()

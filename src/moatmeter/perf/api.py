@@ -43,6 +43,13 @@ def evaluate_grid(catalog: Catalog, model_entry: ModelEntry | str, grid: Deploym
     inp = workload.input_tokens * (1.0 - min(max(workload.prefix_cache_hit, 0.0), 1.0))
     out = float(workload.output_tokens)
     ctx = workload.input_tokens + workload.output_tokens
+    if len(grid) == 0:
+        e = np.zeros(0)
+        return GridResult(feasible=np.zeros(0, bool), reason=[], bottleneck=np.zeros(0, str),
+                          max_sequences=e, goodput_rps=e, output_tokens_per_s=e, ttft_p95_s=e,
+                          tpot_p95_s=e, single_ttft_s=e, single_tpot_s=e,
+                          max_output_tokens_per_s=e, eff_sigma=e, eff_compute=e, eff_memory=e,
+                          calibration_note=[])
     r = resolve(catalog, accelerator=grid.accelerator, stack=grid.stack, model=model_entry,
                 tp=grid.tp, pp=grid.pp, weight_dtype=grid.weight_dtype, kv_dtype=grid.kv_dtype,
                 context=ctx, max_batch=grid.max_batch, calib=calib)

@@ -201,7 +201,11 @@ class Calibration:
         return c
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n")
+        try:
+            Path(path).write_text(json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise InputError(f"cannot write the calibration: {exc.strerror} (use --out)",
+                             file=str(path)) from None
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:

@@ -37,7 +37,9 @@ DEFAULT_MAX_BATCH = 256  # vLLM's default max_num_seqs
 # Memory an engine keeps for itself (fraction of device memory, fixed GiB). vLLM and its kin
 # pre-allocate to gpu_memory_utilization = 0.9 by default (vLLM engine arguments docs); llama.cpp
 # and Ollama allocate weights + KV + compute buffers of a few hundred MiB (estimates).
-ENGINE_RESERVE = {"llama.cpp": (0.02, 0.5), "ollama": (0.02, 0.5)}
+# TensorRT-LLM's benchmarks give the KV cache 0.90-0.95 of the memory left after the weights
+# (kv_cache_free_gpu_mem_fraction, TensorRT-LLM perf-overview.md, 2025).
+ENGINE_RESERVE = {"llama.cpp": (0.02, 0.5), "ollama": (0.02, 0.5), "tensorrt-llm": (0.05, 1.0)}
 # Concurrent sequences a stack can batch when continuous batching is only partial: Ollama's
 # OLLAMA_NUM_PARALLEL defaults to 4 (or 1) slots (Ollama FAQ); without it, one at a time.
 PARTIAL_BATCH_CAP = 4.0

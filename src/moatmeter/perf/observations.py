@@ -44,9 +44,10 @@ LAYER_SPLIT_ENGINES = ("llama.cpp", "ollama")
 BACKEND_ALIASES = {"rocm": {"rocm", "hip"}, "hip": {"rocm", "hip"}}
 DEFAULT_SERVER_SLO = (2.0, 0.2)
 # Offline (max-throughput) runs are tuned to hold as many sequences as the KV cache allows;
-# this caps that batch where the row states no concurrency (TensorRT-LLM and vLLM benchmark
-# tools go to 1-4k sequences; an estimate).
-OFFLINE_MAX_BATCH = 2048.0
+# this caps that batch where the row states no concurrency. TensorRT-LLM's perf-overview runs
+# declare CUDA-graph batch sizes up to 8192; for other engines 1024 is an estimate.
+OFFLINE_MAX_BATCH = {"tensorrt-llm": 8192.0}
+OFFLINE_MAX_BATCH_DEFAULT = 1024.0
 
 
 def arch_class(a: ModelArch) -> str:
@@ -275,7 +276,9 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
         "output_len", "replicas", "concurrency")}
     ctx = col["input_len"] + col["output_len"]
     scen = np.array([o.scenario for o in obs])
-    mb = np.where(scen == "offline", OFFLINE_MAX_BATCH, DEFAULT_MAX_BATCH)
+    off = np.array([OFFLINE_MAX_BATCH.get(o.engine.lower(), OFFLINE_MAX_BATCH_DEFAULT)
+                    for o in obs])
+    mb = np.where(scen == "offline", off, DEFAULT_MAX_BATCH)
     res = resolve(cat, accelerator=col["accelerator"], stack=col["stack"], model=col["model"],
                   tp=col["tp"], pp=col["pp"], weight_dtype=col["weight_dtype"],
                   kv_dtype=col["kv_dtype"], context=ctx, max_batch=mb, calib=calib)
