@@ -293,3 +293,14 @@ def test_empty_and_all_infeasible_grids():
                                                   weight_dtype="bf16", kv_dtype="bf16"),
                       Workload(100, 10), SLO(1, 0.1))
     assert not r.feasible.any() and (r.goodput_rps == 0).all()
+
+
+def test_speculative_decoding_tokens_per_step():
+    from moatmeter.perf.step import speculative_tpot
+
+    step = np.array([0.010, 0.010, 0.010])
+    t = speculative_tpot(step, 0.001, np.array([4.0, 4.0, 4.0]), np.array([0.0, 0.8, 0.999999]))
+    assert t[0] == pytest.approx(0.014)  # nothing accepted: one token per (step + 4 drafts)
+    assert t[1] == pytest.approx(0.014 / ((1 - 0.8**5) / 0.2))
+    assert t[2] == pytest.approx(0.014 / 5, rel=1e-3)  # all accepted: k + 1 tokens per step
+    assert t[0] > t[1] > t[2]

@@ -6,6 +6,7 @@ per-step overhead. They are fitted hierarchically, in transformed space (logit f
 efficiencies, log for the overhead):
 
     z(stack, family) = global + line + family + engine + stack + (stack, family) + arch
+                       + (stack, family, arch)
 
 (``line`` is the product line — vendor, device type, datacenter or client — so that an unseen
 Gaudi generation borrows from Gaudi, not from Arc; ``arch`` is the model's class: dense, moe or
@@ -37,7 +38,7 @@ import numpy as np
 
 from moatmeter.errors import InputError
 
-LEVELS = ("line", "family", "engine", "stack", "pair", "arch")
+LEVELS = ("line", "family", "engine", "stack", "pair", "arch", "pair_arch")
 # Prior standard deviations of each level's offset for (compute, memory, overhead).
 PRIOR_SD: dict[str, tuple[float, float, float]] = {
     "line": (0.5, 0.5, 0.8),
@@ -48,6 +49,9 @@ PRIOR_SD: dict[str, tuple[float, float, float]] = {
     # model architecture class (dense, moe, mla-moe): kernels for MoE routing and MLA mature
     # later than dense GEMMs on every stack, so that gap is shared rather than charged to a stack
     "arch": (0.6, 0.6, 0.8),
+    # one stack on one family for one architecture class: a stack's immature kernels for a new
+    # architecture (MLA, say) must not be charged to its dense models
+    "pair_arch": (0.6, 0.6, 0.8),
 }
 # Prior means before any data: eff_c 0.45, eff_m 0.70, overhead 3 ms (estimates; ranges
 # 0.2-0.8, 0.4-0.9, 0.5-30 ms).
@@ -115,7 +119,8 @@ class Calibration:
     def z(self, stack: str, engine: str, family: str, line: str, arch: str = "dense"
           ) -> np.ndarray:
         keys = {"line": line, "family": family, "engine": engine.lower(), "stack": stack,
-                "pair": self.pair_key(stack, family), "arch": arch}
+                "pair": self.pair_key(stack, family), "arch": arch,
+                "pair_arch": f"{self.pair_key(stack, family)}|{arch}"}
         z = np.array(self.global_z, float)
         for lv, k in keys.items():
             z = z + np.array(self.offsets.get(lv, {}).get(k, [0.0, 0.0, 0.0]), float)

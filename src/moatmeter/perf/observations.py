@@ -345,7 +345,8 @@ def predict_prepared(p: Prepared, eff_c: np.ndarray | None = None, eff_m: np.nda
 
 def rows_keys(p: Prepared) -> list[dict[str, str]]:
     return [{"line": o.line, "family": o.family, "engine": o.engine.lower(), "stack": o.stack,
-             "pair": Calibration.pair_key(o.stack, o.family), "arch": o.arch} for o in p.obs]
+             "pair": Calibration.pair_key(o.stack, o.family), "arch": o.arch,
+             "pair_arch": f"{Calibration.pair_key(o.stack, o.family)}|{o.arch}"} for o in p.obs]
 
 
 def ape(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
