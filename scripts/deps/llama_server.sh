@@ -16,8 +16,17 @@ if [[ -x "$BIN" ]] && "$BIN" --version >/dev/null 2>&1; then
   exit 0
 fi
 
-command -v cmake >/dev/null || { echo "llama_server.sh: cmake is required (apt-get install cmake)" >&2; exit 1; }
-command -v c++ >/dev/null || { echo "llama_server.sh: a C++ compiler is required (apt-get install g++)" >&2; exit 1; }
+if ! command -v cmake >/dev/null || ! command -v c++ >/dev/null; then
+  if command -v apt-get >/dev/null; then
+    SUDO=""
+    if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -q
+    $SUDO apt-get install -y -q --no-install-recommends cmake g++ make ninja-build
+  fi
+fi
+command -v cmake >/dev/null || { echo "llama_server.sh: cmake is required" >&2; exit 1; }
+command -v c++ >/dev/null || { echo "llama_server.sh: a C++ compiler is required" >&2; exit 1; }
 
 WORK="$CACHE/build-llama-server-$VERSION"
 mkdir -p "$WORK" "$DEST/bin"
