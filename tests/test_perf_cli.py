@@ -179,3 +179,40 @@ def test_calibrate_then_validate_cv(cli, tmp_path):
 def test_calibrate_store_errors(cli, tmp_path):
     one_line_error(cli("calibrate", "--from-store", str(tmp_path / "none.db"), "--out",
                        str(tmp_path / "c.json")), "none.db", "not found")
+
+
+def _store_with_run(db: Path) -> None:
+    """A real bench SQLite store holding one declared run of 12 streamed requests."""
+    import numpy as np
+
+    from moatmeter.bench import store
+
+    conn = store.connect(db)
+    store.create_run(conn, run_id="r1", url="http://127.0.0.1:9", endpoint="/v1/completions",
+                     model="m", requested=12, settings={"concurrency": 2},
+                     declared={"accelerator": "rtx-4090", "count": 1, "stack": "llamacpp-cuda",
+                               "catalog_model": "llama-3.1-8b", "dtype": "q4_k_m", "tp": 1},
+                     server_info={}, client_info={})
+    t0 = 1_000_000_000
+    for i in range(12):
+        start = t0 + (i // 2) * 2_000_000_000
+        first = start + 60_000_000
+        chunks = first + np.arange(64, dtype=np.int64) * 12_000_000  # 12 ms per token
+        store.insert_request(conn, "r1", store.RequestRecord(
+            idx=i, ok=True, wall_start_ns=start, start_ns=start, first_token_ns=first,
+            end_ns=int(chunks[-1]), input_tokens=256, output_tokens=64, token_source="usage",
+            chunk_ns=chunks))
+    store.set_status(conn, "r1", "done")
+    conn.commit()
+    conn.close()
+
+
+def test_calibrate_from_a_real_store(cli, tmp_path):
+    db = tmp_path / "runs.db"
+    _store_with_run(db)
+    out = tmp_path / "cal.json"
+    p = cli("calibrate", "--no-bundled", "--from-store", str(db), "--out", str(out), "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["modelled"] >= 4 and "llamacpp-cuda|Ada" in d["pairs"]
+    assert Calibration.load(out).counts["stack"]["llamacpp-cuda"] == d["modelled"]

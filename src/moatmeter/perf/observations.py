@@ -9,7 +9,8 @@ How a published row becomes a deployment:
   data-parallel over the rest of the devices (how MLPerf and vendor tables are run).
 - ``server`` rows are goodput under the latency limits the notes state ("TTFT p99 <= 2 s and
   TPOT p99 <= 200 ms", MLPerf's llama2-70b server limits, are the default); the model's p95 stands
-  in for p99.
+  in for p99. A server row whose notes state "rate R req/s" (`bench serve --rate`) is predicted
+  at that Poisson rate instead.
 - A missing KV dtype means the engine default: 16-bit (fp16 for llama.cpp-class engines).
 Rows that cannot be modelled are skipped with a reason, never guessed.
 """
@@ -31,7 +32,7 @@ from moatmeter.errors import InputError
 from moatmeter.perf import memory as mem
 from moatmeter.perf.calibrate import Calibration, product_line
 from moatmeter.perf.deploy import DEFAULT_MAX_BATCH, Resolved, resolve
-from moatmeter.perf.serving import closed_loop, goodput
+from moatmeter.perf.serving import closed_loop, goodput, open_loop
 from moatmeter.perf.step import prefill_time
 
 REQUIRED = ("id", "source", "accelerator", "count", "engine", "backend", "model", "weight_dtype",
@@ -108,6 +109,7 @@ class Obs:
     tpot_slo: float
     arch: str = "dense"
     line: str = ""
+    rate: float = float("nan")  # server rows measured at a stated Poisson rate (req/s)
 
 
 def _num(v: str) -> float | None:
@@ -144,8 +146,9 @@ class _Index:
 def _choose_parallel(cat: Catalog, row: dict[str, str], acc_id: str, model_id: str, count: int,
                      engine: str, wdt: str, scenario: str) -> tuple[int, int] | str:
     notes = row.get("notes", "")
-    mt = re.search(r"\bTP\s*=?\s*(\d+)", notes)
-    mp = re.search(r"\bPP\s*=?\s*(\d+)", notes)
+    # "TP8", "TP=8", "tp=8" — but not llama-bench's "pp512" (prompt processing)
+    mt = re.search(r"\b(?:TP\s*=?\s*|tp=)(\d+)", notes)
+    mp = re.search(r"\b(?:PP\s*=?\s*|pp=)(\d+)", notes)
     if mt or mp:
         tp = int(mt.group(1)) if mt else 1
         pp = int(mp.group(1)) if mp else 1
@@ -240,6 +243,8 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
         tp, pp = par
         acc = cat.accelerator(acc_id)
         ttft_slo, tpot_slo = _slo(r.get("notes", ""))
+        mr = re.search(r"\brate\s*=?\s*([\d.]+)\s*req/s", r.get("notes", ""))
+        rate = float(mr.group(1)) if mr and scen == "server" else float("nan")
         out.append(Obs(id=rid, source=r["source"], accelerator=acc_id, stack=stack_id,
                        model=model_id, weight_dtype=wdt, kv_dtype=kvd, tp=tp, pp=pp,
                        replicas=count / (tp * pp), scenario=scen,
@@ -247,7 +252,8 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                        output_len=outl, metric=metric, value=value, vendor=acc.vendor,
                        family=acc.family, engine=cat.stack(stack_id).engine,
                        ttft_slo=ttft_slo, tpot_slo=tpot_slo,
-                       arch=arch_class(arch_of(cat.model(model_id))), line=product_line(acc)))
+                       arch=arch_class(arch_of(cat.model(model_id))), line=product_line(acc),
+                       rate=rate))
     return out, skipped
 
 
@@ -264,6 +270,7 @@ class Prepared:
     measured: np.ndarray
     ttft_slo: np.ndarray
     tpot_slo: np.ndarray
+    rate: np.ndarray  # per replica, NaN unless a server row states its rate
 
 
 def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
@@ -296,7 +303,8 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
                  scen=np.array([o.scenario for o in obs]), metric=np.array([o.metric for o in obs]),
                  measured=np.array([o.value for o in obs]),
                  ttft_slo=np.array([o.ttft_slo for o in obs]),
-                 tpot_slo=np.array([o.tpot_slo for o in obs]))
+                 tpot_slo=np.array([o.tpot_slo for o in obs]),
+                 rate=np.array([o.rate for o in obs]) / col["replicas"].astype(float))
     return p, skipped
 
 
@@ -321,11 +329,16 @@ def predict_prepared(p: Prepared, eff_c: np.ndarray | None = None, eff_m: np.nda
                      np.where(np.isnan(conc[i]), bcap[i], np.minimum(conc[i], bcap[i])))
         pt = closed_loop(s.take(i), b, p.inp[i], p.out[i])
         rps[i], ttft[i], tpot[i] = pt.rate_rps, pt.ttft_mean, pt.tpot_mean
-    sv = p.scen == "server"
+    sv = (p.scen == "server") & np.isnan(p.rate)
     if sv.any():
         i = np.flatnonzero(sv)
         g = goodput(s.take(i), p.inp[i], p.out[i], bcap[i], p.ttft_slo[i], p.tpot_slo[i])
         rps[i], ttft[i], tpot[i] = g.rate_rps, g.point.ttft_mean, g.point.tpot_mean
+    sr = (p.scen == "server") & ~np.isnan(p.rate)
+    if sr.any():
+        i = np.flatnonzero(sr)
+        op = open_loop(s.take(i), p.rate[i], p.inp[i], p.out[i], bcap[i])
+        rps[i], ttft[i], tpot[i] = op.rate_rps, op.ttft_mean, op.tpot_mean
     pf = p.scen == "prefill_only"
     if pf.any():
         i = np.flatnonzero(pf)

@@ -69,7 +69,8 @@ def _subset(p: Prepared, idx: np.ndarray) -> Prepared:
     res = replace(p.res, s=p.res.s.take(idx), bcap=p.res.bcap[idx])
     return Prepared(obs=[p.obs[i] for i in idx], res=res, inp=p.inp[idx], out=p.out[idx],
                     rep=p.rep[idx], conc=p.conc[idx], scen=p.scen[idx], metric=p.metric[idx],
-                    measured=p.measured[idx], ttft_slo=p.ttft_slo[idx], tpot_slo=p.tpot_slo[idx])
+                    measured=p.measured[idx], ttft_slo=p.ttft_slo[idx], tpot_slo=p.tpot_slo[idx],
+                    rate=p.rate[idx])
 
 
 def _with_calib(p: Prepared, cal: Calibration) -> np.ndarray:
