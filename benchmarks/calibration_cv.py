@@ -47,10 +47,10 @@ def main() -> None:
     print(f"leave-one-source-out over {s['sources']} sources, {s['n']} rows modelled, "
           f"{len(s['skipped'])} skipped ({dt:.0f} s)")
     print(f"overall            {_fmt(s)}")
-    for name in ("vendor", "stack", "metric", "scenario"):
+    for name in ("coverage", "vendor", "stack", "metric", "scenario"):
         print(f"per {name}:")
         for k, v in s["by"][name].items():
-            print(f"  {k:<20} {_fmt(v)}")
+            print(f"  {k:<24} {_fmt(v)}")
     by_src: dict[str, list[float]] = defaultdict(list)
     bias: dict[str, list[float]] = defaultdict(list)
     for r in cv["rows"]:

@@ -132,5 +132,13 @@ def loso_cv(cat: Catalog, rows: list[dict[str, str]],
         for i, o in enumerate(p.obs):
             groups.setdefault(key(o), []).append(i)
         by[name] = {g: summary(a[ix]) for g, ix in sorted(groups.items())}
+    # Was the row's (stack, family) pair measured by some *other* source?
+    pair_src: dict[str, set[str]] = {}
+    for o in p.obs:
+        pair_src.setdefault(Calibration.pair_key(o.stack, o.family), set()).add(o.source)
+    seen = np.array([len(pair_src[Calibration.pair_key(o.stack, o.family)] - {o.source}) > 0
+                     for o in p.obs], dtype=bool)
+    by["coverage"] = {"pair measured by another source": summary(a[seen]),
+                      "pair only in the held-out source (fallback)": summary(a[~seen])}
     return _report(p, pred, skipped + sk2, {"cv": "leave-one-source-out",
                                             "sources": len(uniq), "by": by})
