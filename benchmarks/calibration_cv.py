@@ -47,6 +47,8 @@ def main() -> None:
     print(f"leave-one-source-out over {s['sources']} sources, {s['n']} rows modelled, "
           f"{len(s['skipped'])} skipped ({dt:.0f} s)")
     print(f"overall            {_fmt(s)}")
+    print(f"held-out values inside the predicted P10-P90 band: "
+          f"{100 * s['p10_p90_band_coverage']:.0f} % (ideal 80 %)")
     for name in ("coverage", "vendor", "stack", "metric", "scenario"):
         print(f"per {name}:")
         for k, v in s["by"][name].items():

@@ -73,9 +73,12 @@ def _subset(p: Prepared, idx: np.ndarray) -> Prepared:
                     rate=p.rate[idx])
 
 
-def _with_calib(p: Prepared, cal: Calibration) -> np.ndarray:
+def _with_calib(p: Prepared, cal: Calibration, sigma_out: np.ndarray | None = None
+                ) -> np.ndarray:
     effs = [cal.lookup(o.stack, o.engine, o.family, o.line, o.arch) for o in p.obs]
     eff = np.array([(e.eff_compute, e.eff_memory, e.overhead_s) for e in effs], dtype=float)
+    if sigma_out is not None:
+        sigma_out[:] = [e.sigma for e in effs]
     return predict_prepared(p, eff[:, 0], eff[:, 1], eff[:, 2])
 
 
@@ -117,11 +120,14 @@ def loso_cv(cat: Catalog, rows: list[dict[str, str]],
     sources = np.array([o.source for o in p.obs])
     uniq = list(dict.fromkeys(sources))
     pred = np.full(len(p.obs), np.nan)
+    sigma = np.full(len(p.obs), np.nan)
     for k, src in enumerate(uniq):
         test = np.flatnonzero(sources == src)
         train = np.flatnonzero(sources != src)
         cal = _fit_prepared(p, train)[0] if len(train) else Calibration()
-        pred[test] = _with_calib(_subset(p, test), cal)
+        sig = np.zeros(len(test))
+        pred[test] = _with_calib(_subset(p, test), cal, sig)
+        sigma[test] = sig
         if progress:
             progress(k + 1, len(uniq))
     a = ape(pred, p.measured)
@@ -140,5 +146,10 @@ def loso_cv(cat: Catalog, rows: list[dict[str, str]],
                      for o in p.obs], dtype=bool)
     by["coverage"] = {"pair measured by another source": summary(a[seen]),
                       "pair only in the held-out source (fallback)": summary(a[~seen])}
+    # How often the measured value falls inside the predicted P10-P90 band (ideal: 80 %)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inside = np.abs(np.log(pred / p.measured)) <= 1.2816 * sigma
+    band = float(np.mean(inside[np.isfinite(pred)])) if len(pred) else None
     return _report(p, pred, skipped + sk2, {"cv": "leave-one-source-out",
-                                            "sources": len(uniq), "by": by})
+                                            "sources": len(uniq), "by": by,
+                                            "p10_p90_band_coverage": band})
