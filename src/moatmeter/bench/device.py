@@ -27,7 +27,7 @@ from moatmeter.catalog.schema import Accelerator
 from moatmeter.errors import InputError
 
 # The backslash keeps rich (which prints CLI errors) from reading "[bench]" as a markup tag.
-BENCH_EXTRA_HINT = "pip install 'moatmeter\\[bench]' (or: bash scripts/deps/torch.sh)"
+BENCH_EXTRA_HINT = "pip install 'moatmeter[bench]' (or: bash scripts/deps/torch.sh)"
 DTYPES = ("bf16", "fp16", "fp32", "fp8")
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "fp8": 1}
 DECODE_M = (1, 8, 32, 64, 128, 256)
