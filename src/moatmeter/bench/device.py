@@ -26,7 +26,6 @@ from moatmeter.catalog.modelarch import ModelArch, arch_of
 from moatmeter.catalog.schema import Accelerator
 from moatmeter.errors import InputError
 
-# The backslash keeps rich (which prints CLI errors) from reading "[bench]" as a markup tag.
 BENCH_EXTRA_HINT = "pip install 'moatmeter[bench]' (or: bash scripts/deps/torch.sh)"
 DTYPES = ("bf16", "fp16", "fp32", "fp8")
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "fp8": 1}
