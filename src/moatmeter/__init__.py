@@ -1,3 +1,3 @@
-"""moatmeter: predict, measure and price on-premise LLM serving, with the software moat in the numbers."""
+"""moatmeter: predict, measure and price on-premise LLM serving, software moat included."""
 
 __version__ = "0.1.0"
