@@ -79,7 +79,7 @@ def start_llama(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     model = write_tiny_llama(tmp / "tiny.gguf", load_catalog().model("tiny-llama-test").config)
     port = free_port()
     p = subprocess.Popen([str(find_llama_server()), "-m", str(model), "--host", "127.0.0.1",
-                          "--port", str(port), "-c", "4096", "-np", "32", "-t", "2",
+                          "--port", str(port), "-c", "16384", "-np", "32", "-t", "1",
                           "--no-webui", "-a", "tiny"], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
