@@ -333,3 +333,21 @@ def test_no_traffic_to_any_other_host(tmp_path: Path, monkeypatch: pytest.Monkey
             sentinel.accept()
     finally:
         sentinel.close()
+
+
+def test_length_distributions_and_deterministic_prompts() -> None:
+    from moatmeter.bench.prompts import LengthSpec, synthetic
+
+    rng = np.random.default_rng(0)
+    u = LengthSpec(100, "uniform", 20).sample(rng, 4000)
+    assert u.min() >= 80 and u.max() <= 120 and abs(u.mean() - 100) < 1.5
+    n = LengthSpec(200, "normal", 30).sample(rng, 4000)
+    assert abs(n.mean() - 200) < 3 and abs(n.std() - 30) < 3
+    assert (LengthSpec(5, "normal", 50).sample(rng, 1000) >= 1).all()  # never below one token
+    a = synthetic(50, LengthSpec(64, "uniform", 16), LengthSpec(32, "normal", 8), seed=7)
+    b = synthetic(50, LengthSpec(64, "uniform", 16), LengthSpec(32, "normal", 8), seed=7)
+    assert a == b  # a resumed run regenerates exactly the same requests
+    assert all(len(p.text.split()) == p.input_tokens for p in a)
+    assert len({p.text for p in a}) == 50 and len({p.max_tokens for p in a}) > 5
+    with pytest.raises(InputError, match="distribution"):
+        LengthSpec(10, "zipf").sample(rng, 3)
