@@ -90,7 +90,7 @@ def test_fault_server_every_request_recorded_once_with_its_kind(tmp_path: Path) 
                   "--faults", ",".join(plan)) as url:
         out = json.loads(inproc(
             "bench", "serve", "--url", url, "--model", "m", "--requests", "24", "--concurrency",
-            "6", "--output-tokens", "6", "--timeout", "0.4", "--db", str(db), "--json"))
+            "6", "--output-tokens", "6", "--timeout", "1.0", "--db", str(db), "--json"))
     assert out["completed"] == 3
     expected: dict[str, int] = {}
     for i in range(24):
