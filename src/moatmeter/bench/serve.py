@@ -672,7 +672,7 @@ class _Writer:
 
     def __init__(self, db_path: str | Path, run_id: str) -> None:
         self.db_path, self.run_id = db_path, run_id
-        self.q: queue.SimpleQueue[RequestRecord | None] = queue.SimpleQueue()
+        self.q: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name="moatmeter-store", daemon=True)
         self.error: BaseException | None = None
 
@@ -680,7 +680,7 @@ class _Writer:
         self.thread.start()
 
     def put(self, rec: RequestRecord) -> None:
-        self.q.put(rec)
+        self.q.put(store.request_row(self.run_id, rec))  # the thread then works in C (sqlite)
 
     def _loop(self) -> None:
         conn = store.connect(self.db_path)
@@ -693,9 +693,7 @@ class _Writer:
                 done = batch[-1] is None
                 with conn:
                     conn.execute("BEGIN")
-                    for rec in batch:
-                        if rec is not None:
-                            store.insert_request(conn, self.run_id, rec)
+                    conn.executemany(store.INSERT_REQUEST, [r for r in batch if r is not None])
         except BaseException as exc:  # surfaced by finish()
             self.error = exc
         finally:

@@ -157,18 +157,25 @@ def update_server_info(conn: sqlite3.Connection, run_id: str, info: dict[str, An
                  (json.dumps(info), _now_iso(), run_id))
 
 
+INSERT_REQUEST = (
+    "INSERT OR IGNORE INTO serve_requests(run_id, idx, session, ok, error_kind, error_detail,"
+    " http_status, wall_start_ns, start_ns, first_token_ns, end_ns, input_tokens,"
+    " output_tokens, token_source, n_chunks, coalesced, chunk_ns)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def request_row(run_id: str, r: RequestRecord) -> tuple[Any, ...]:
+    """The INSERT_REQUEST parameters of one record."""
+    return (run_id, r.idx, r.session, int(r.ok), r.error_kind, r.error_detail, r.http_status,
+            r.wall_start_ns, r.start_ns, r.first_token_ns, r.end_ns, r.input_tokens,
+            r.output_tokens, r.token_source, len(r.chunk_ns), r.coalesced,
+            np.asarray(r.chunk_ns, dtype="<i8").tobytes())
+
+
 def insert_request(conn: sqlite3.Connection, run_id: str, r: RequestRecord) -> bool:
     """Commit one finished request; False when (run, idx) was already stored (never duplicated)."""
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO serve_requests(run_id, idx, session, ok, error_kind, error_detail,"
-        " http_status, wall_start_ns, start_ns, first_token_ns, end_ns, input_tokens,"
-        " output_tokens, token_source, n_chunks, coalesced, chunk_ns)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (run_id, r.idx, r.session, int(r.ok), r.error_kind, r.error_detail, r.http_status,
-         r.wall_start_ns, r.start_ns, r.first_token_ns, r.end_ns, r.input_tokens,
-         r.output_tokens, r.token_source, len(r.chunk_ns), r.coalesced,
-         np.asarray(r.chunk_ns, dtype="<i8").tobytes()),
-    )
+    cur = conn.execute(INSERT_REQUEST, request_row(run_id, r))
     return cur.rowcount == 1
 
 
