@@ -305,3 +305,82 @@ def test_speculative_decoding_tokens_per_step():
     assert t[1] == pytest.approx(0.014 / ((1 - 0.8**5) / 0.2))
     assert t[2] == pytest.approx(0.014 / 5, rel=1e-3)  # all accepted: k + 1 tokens per step
     assert t[0] > t[1] > t[2]
+
+
+# ------------------------------------------------------------------ bursts, stated batch, layers
+
+
+def test_harmonic_numbers():
+    from moatmeter.perf.observations import harmonic
+
+    exact = np.cumsum(1.0 / np.arange(1, 301))
+    got = harmonic(np.arange(1, 301))
+    assert np.allclose(got, exact, rtol=7e-3)
+    assert np.allclose(got[2:], exact[2:], rtol=1e-4)
+
+
+def test_burst_with_variable_outputs_is_slower_than_steady_concurrency():
+    """N prompts at t=0 whose outputs vary: the longest request sets the duration."""
+    from moatmeter.perf.observations import burst
+
+    n = 4
+    s = _inputs(n, 3.35e12, 1e15, 70.0, tp=1.0)
+    b = np.array([1.0, 16.0, 64.0, 256.0])
+    inp, out = np.full(n, 80.0), np.full(n, 58.0)
+    rps_b, ttft_b, _ = burst(s, b, np.full(n, 256.0), inp, out, np.full(n, 150.0))
+    steady = closed_loop(s, b, inp, out)
+    # N = 1: a burst is one request: the single-stream figure (within the H_1 series error)
+    assert rps_b[0] == pytest.approx(steady.rate_rps[0], rel=0.02)
+    # N ≥ 16: the longest output hits the 150 cap, so the run lasts longer: ~150/58 times while
+    # decode is weight-bound (N = 16), less once the full batch is compute-bound (N = 256)
+    assert rps_b[1] < 0.6 * steady.rate_rps[1]
+    assert np.all(rps_b[1:] < 0.8 * steady.rate_rps[1:])
+    assert np.all(rps_b[1:] > 0.2 * steady.rate_rps[1:])
+    # the cap bounds the duration: a cap equal to the mean output is steady-state-like
+    rps_c, _, _ = burst(s, b, np.full(n, 256.0), inp, out, out)
+    assert np.all(rps_c >= rps_b)
+    # prompts prefill together: TTFT grows with N
+    assert np.all(np.diff(ttft_b) > 0)
+
+
+def test_burst_rows_are_parsed_and_predicted_as_bursts():
+    from moatmeter.perf.validate import validate_rows
+
+    base = {"id": "b16", "source": "test", "accelerator": "AMD Instinct MI300X", "count": "8",
+            "engine": "vLLM", "backend": "ROCm", "engine_version": "", "kv_dtype": "",
+            "model": "meta-llama/Llama-3.1-405B-Instruct", "weight_dtype": "bf16",
+            "scenario": "fixed_concurrency", "concurrency": "16", "input_len": "80",
+            "output_len": "58", "metric": "output_tokens_per_s", "value": "100",
+            "notes": "TP8"}
+    burst_row = {**base, "id": "b16-burst",
+                 "notes": "TP8; burst: all 16 prompts sent at once; output cap max_tokens=150"}
+    out = validate_rows(CAT, [base, burst_row])
+    pred = {r["id"]: r["predicted"] for r in out["rows"]}
+    assert pred["b16-burst"] < 0.6 * pred["b16"]
+
+
+def test_stated_static_batch_is_not_capped_at_the_default():
+    from moatmeter.perf.validate import validate_rows
+
+    row = {"id": "g", "source": "test", "accelerator": "Intel Gaudi 3", "count": "1",
+           "engine": "TGI", "backend": "HPU", "engine_version": "", "kv_dtype": "",
+           "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "fp8",
+           "scenario": "fixed_concurrency", "concurrency": "256", "input_len": "128",
+           "output_len": "128", "metric": "output_tokens_per_s", "value": "100", "notes": ""}
+    big = {**row, "id": "g1536", "concurrency": "1536"}
+    pred = {r["id"]: r["predicted"] for r in validate_rows(CAT, [row, big])["rows"]}
+    assert pred["g1536"] > 1.2 * pred["g"]  # capped at 256 both would be equal
+
+
+def test_step_overhead_grows_with_layer_count():
+    from dataclasses import replace
+
+    from moatmeter.perf import step
+
+    s32 = _inputs(1, 3.35e12, 1e15, 8.0)
+    s126 = replace(s32, layers=np.array([126.0]))
+    ov32 = decode_step(s32, np.array([1.0]), np.array([100.0])).overhead[0]
+    ov126 = decode_step(s126, np.array([1.0]), np.array([100.0])).overhead[0]
+    share = step.OVERHEAD_LAYER_SHARE
+    assert ov32 == pytest.approx(2e-3)
+    assert ov126 == pytest.approx(2e-3 * (1 - share + share * 126 / 32))

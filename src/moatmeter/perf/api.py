@@ -262,7 +262,7 @@ def _prediction(r: Resolved, acc: str, stack: str, model: str, count: int, tp: i
         total_tokens_per_s=rps * (inp + out), requests_per_s=rps,
         saturation_rps=float(sat.rate_rps[0]) * replicas if r.feasible[0] else 0.0,
         bottleneck=bott, eff_compute=float(s.eff_c[0]), eff_memory=float(s.eff_m[0]),
-        overhead_ms=float(s.overhead[0] * 1e3), sigma=sigma,
+        overhead_ms=float(s.k["ov"][0] * 1e3), sigma=sigma,
         output_tokens_per_s_band=_band(otps, sigma), tpot_band=_band(tpot, sigma),
         ttft_band=_band(ttft, sigma), calibration_note=r.calib_note[0], notes=notes)
 

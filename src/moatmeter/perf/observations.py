@@ -11,6 +11,12 @@ How a published row becomes a deployment:
   TPOT p99 <= 200 ms", MLPerf's llama2-70b server limits, are the default); the model's p95 stands
   in for p99. A server row whose notes state "rate R req/s" (`bench serve --rate`) is predicted
   at that Poisson rate instead.
+- Bursts: a row whose notes say "burst" and give an output cap ("max_tokens=150") sent all its N
+  prompts at t = 0 with variable output lengths, and its throughput is total output over the time
+  until the *last* request finishes. That is not steady concurrency N: the prompts prefill
+  together, then the batch drains while the longest request decides the duration. With output
+  lengths taken as exponential with the row's mean (capped), the longest of N is
+  mean · H_N (harmonic number), at most the cap.
 - A missing KV dtype means the engine default: 16-bit (fp16 for llama.cpp-class engines).
 Rows that cannot be modelled are skipped with a reason, never guessed.
 """
@@ -33,7 +39,7 @@ from moatmeter.perf import memory as mem
 from moatmeter.perf.calibrate import Calibration, product_line
 from moatmeter.perf.deploy import DEFAULT_MAX_BATCH, Resolved, resolve
 from moatmeter.perf.serving import closed_loop, goodput, open_loop
-from moatmeter.perf.step import prefill_time
+from moatmeter.perf.step import decode_step, prefill_time
 
 REQUIRED = ("id", "source", "accelerator", "count", "engine", "backend", "model", "weight_dtype",
             "scenario", "input_len", "output_len", "metric", "value")
@@ -110,6 +116,7 @@ class Obs:
     arch: str = "dense"
     line: str = ""
     rate: float = float("nan")  # server rows measured at a stated Poisson rate (req/s)
+    burst_cap: float = float("nan")  # output cap of a burst row (all prompts at t = 0)
 
 
 def _num(v: str) -> float | None:
@@ -245,6 +252,9 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
         ttft_slo, tpot_slo = _slo(r.get("notes", ""))
         mr = re.search(r"\brate\s*=?\s*([\d.]+)\s*req/s", r.get("notes", ""))
         rate = float(mr.group(1)) if mr and scen == "server" else float("nan")
+        mb = re.search(r"\bmax_tokens\s*=\s*(\d+)", r.get("notes", ""))
+        burst = (float(mb.group(1)) if mb and re.search(r"\bburst\b", r.get("notes", ""))
+                 and scen in ("fixed_concurrency", "single_stream") else float("nan"))
         out.append(Obs(id=rid, source=r["source"], accelerator=acc_id, stack=stack_id,
                        model=model_id, weight_dtype=wdt, kv_dtype=kvd, tp=tp, pp=pp,
                        replicas=count / (tp * pp), scenario=scen,
@@ -253,7 +263,7 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                        family=acc.family, engine=cat.stack(stack_id).engine,
                        ttft_slo=ttft_slo, tpot_slo=tpot_slo,
                        arch=arch_class(arch_of(cat.model(model_id))), line=product_line(acc),
-                       rate=rate))
+                       rate=rate, burst_cap=burst))
     return out, skipped
 
 
@@ -271,6 +281,7 @@ class Prepared:
     ttft_slo: np.ndarray
     tpot_slo: np.ndarray
     rate: np.ndarray  # per replica, NaN unless a server row states its rate
+    burst_cap: np.ndarray  # output cap of burst rows, NaN otherwise
 
 
 def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
@@ -285,7 +296,14 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
     scen = np.array([o.scenario for o in obs])
     off = np.array([OFFLINE_MAX_BATCH.get(o.engine.lower(), OFFLINE_MAX_BATCH_DEFAULT)
                     for o in obs])
-    mb = np.where(scen == "offline", off, DEFAULT_MAX_BATCH)
+    # A row that states its batch (static-batch tables: Gaudi, TensorRT-LLM gptSession) ran an
+    # engine configured for that batch, so the default max_num_seqs does not cap it; bursts are
+    # served by a default-configured server and keep the default cap.
+    burst_row = ~np.isnan(np.array([o.burst_cap for o in obs], dtype=float))
+    stated = np.nan_to_num(col["concurrency"].astype(float) / col["replicas"].astype(float))
+    mb = np.where(scen == "offline", off,
+                  np.where((scen == "fixed_concurrency") & ~burst_row,
+                           np.maximum(DEFAULT_MAX_BATCH, stated), DEFAULT_MAX_BATCH))
     res = resolve(cat, accelerator=col["accelerator"], stack=col["stack"], model=col["model"],
                   tp=col["tp"], pp=col["pp"], weight_dtype=col["weight_dtype"],
                   kv_dtype=col["kv_dtype"], context=ctx, max_batch=mb, calib=calib)
@@ -304,7 +322,8 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
                  measured=np.array([o.value for o in obs]),
                  ttft_slo=np.array([o.ttft_slo for o in obs]),
                  tpot_slo=np.array([o.tpot_slo for o in obs]),
-                 rate=np.array([o.rate for o in obs]) / col["replicas"].astype(float))
+                 rate=np.array([o.rate for o in obs]) / col["replicas"].astype(float),
+                 burst_cap=np.array([o.burst_cap for o in obs], dtype=float))
     return p, skipped
 
 
@@ -329,6 +348,11 @@ def predict_prepared(p: Prepared, eff_c: np.ndarray | None = None, eff_m: np.nda
                      np.where(np.isnan(conc[i]), bcap[i], np.minimum(conc[i], bcap[i])))
         pt = closed_loop(s.take(i), b, p.inp[i], p.out[i])
         rps[i], ttft[i], tpot[i] = pt.rate_rps, pt.ttft_mean, pt.tpot_mean
+    bu = cl & ~np.isnan(p.burst_cap) & (np.nan_to_num(conc, nan=1.0) > 1.0)
+    if bu.any():
+        i = np.flatnonzero(bu)
+        rps[i], ttft[i], tpot[i] = burst(s.take(i), conc[i], bcap[i], p.inp[i], p.out[i],
+                                         p.burst_cap[i])
     sv = (p.scen == "server") & np.isnan(p.rate)
     if sv.any():
         i = np.flatnonzero(sv)
@@ -354,6 +378,31 @@ def predict_prepared(p: Prepared, eff_c: np.ndarray | None = None, eff_m: np.nda
         [outs, rps * (p.inp + p.out) * rep, rps * rep, rps * p.inp * rep, ttft * 1e3,
          tpot * 1e3], default=np.nan)
     return pred
+
+
+def harmonic(n: np.ndarray) -> np.ndarray:
+    """H_n = 1 + 1/2 + … + 1/n (asymptotic series; within 0.7 % at n = 1, 1e-4 from n = 3)."""
+    n = np.maximum(np.asarray(n, float), 1.0)
+    return np.log(n) + 0.5772156649 + 0.5 / n - 1.0 / (12.0 * n * n)
+
+
+def burst(s: Any, n: np.ndarray, bcap: np.ndarray, inp: np.ndarray, out: np.ndarray,
+          cap: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(requests/s, mean TTFT, mean TPOT) of N prompts sent at once, lengths ~ exp(mean), capped.
+
+    Waves of at most ``bcap`` sequences; each wave prefills its prompts together, then decodes
+    until its longest request ends (mean · H_wave, at most the cap) while the batch drains, so
+    the mean decode batch is wave · mean / longest.
+    """
+    wave = np.minimum(n, bcap)
+    waves = np.ceil(n / wave)
+    longest = np.clip(out * harmonic(wave), out, np.maximum(cap, out))
+    pf = prefill_time(s, inp, wave).total
+    mean_batch = np.maximum(wave * np.maximum(out - 1.0, 0.0) / np.maximum(longest - 1.0, 1.0),
+                            1.0)
+    step = decode_step(s, mean_batch, inp + out / 2.0).total
+    span = waves * (pf + np.maximum(longest - 1.0, 0.0) * step)
+    return n / span, pf, step
 
 
 def rows_keys(p: Prepared) -> list[dict[str, str]]:

@@ -64,13 +64,12 @@ def _fit_prepared(p: Prepared, idx: np.ndarray | None = None, meta: dict[str, An
 def _subset(p: Prepared, idx: np.ndarray) -> Prepared:
     if len(idx) == len(p.obs) and np.all(idx == np.arange(len(p.obs))):
         return p
-    from dataclasses import replace
+    from dataclasses import fields, replace
 
     res = replace(p.res, s=p.res.s.take(idx), bcap=p.res.bcap[idx])
-    return Prepared(obs=[p.obs[i] for i in idx], res=res, inp=p.inp[idx], out=p.out[idx],
-                    rep=p.rep[idx], conc=p.conc[idx], scen=p.scen[idx], metric=p.metric[idx],
-                    measured=p.measured[idx], ttft_slo=p.ttft_slo[idx], tpot_slo=p.tpot_slo[idx],
-                    rate=p.rate[idx])
+    arrays = {f.name: getattr(p, f.name)[idx] for f in fields(Prepared)
+              if f.name not in ("obs", "res")}
+    return Prepared(obs=[p.obs[i] for i in idx], res=res, **arrays)
 
 
 def _with_calib(p: Prepared, cal: Calibration, sigma_out: np.ndarray | None = None
