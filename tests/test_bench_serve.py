@@ -351,3 +351,7 @@ def test_length_distributions_and_deterministic_prompts() -> None:
     assert len({p.text for p in a}) == 50 and len({p.max_tokens for p in a}) > 5
     with pytest.raises(InputError, match="distribution"):
         LengthSpec(10, "zipf").sample(rng, 3)
+    with pytest.raises(InputError, match="--input-dist"):
+        ServeSettings(url="http://127.0.0.1:9", model="m", input_dist="zipf").validate()
+    with pytest.raises(InputError, match="--output-spread"):
+        ServeSettings(url="http://127.0.0.1:9", model="m", output_spread=-1).validate()

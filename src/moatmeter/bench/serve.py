@@ -36,7 +36,7 @@ import numpy as np
 
 from moatmeter.bench import store
 from moatmeter.bench.metrics import summarize
-from moatmeter.bench.prompts import LengthSpec, Prompt, from_dataset, synthetic
+from moatmeter.bench.prompts import DISTRIBUTIONS, LengthSpec, Prompt, from_dataset, synthetic
 from moatmeter.bench.store import RequestRecord
 from moatmeter.errors import InputError
 
@@ -88,6 +88,13 @@ class ServeSettings:
             raise InputError("--timeout: must be positive")
         if self.warmup < 0:
             raise InputError("--warmup: must be zero or more")
+        for name, dist, spread in (("input", self.input_dist, self.input_spread),
+                                   ("output", self.output_dist, self.output_spread)):
+            if dist not in DISTRIBUTIONS:
+                raise InputError(f"--{name}-dist: unknown '{dist}' "
+                                 f"(choose {', '.join(DISTRIBUTIONS)})")
+            if spread < 0:
+                raise InputError(f"--{name}-spread: must be zero or more")
         Target.parse(self.url, self.endpoint)
 
 
