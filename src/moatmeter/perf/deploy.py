@@ -50,6 +50,14 @@ def _peak_for(acc: Accelerator, dtype: str) -> tuple[float, str, str]:
     """(FLOP/s, compute dtype used, note) for weights in ``dtype`` on ``acc``; 0 when none."""
     cls = mem.DTYPE_CLASS.get(mem.norm_dtype(dtype), "bf16")
     peaks = acc.peak_tflops
+    if mem.norm_dtype(dtype) == "mxfp4":
+        # MXFP4 checkpoints (gpt-oss) quantise the MoE weights only: TensorRT-LLM multiplies them
+        # against MXFP8 activations on B200/GB200 and BF16 ones on H200 ("Deployment Guide for
+        # GPT-OSS on TensorRT-LLM", MoE backend support matrix, nvidia.github.io, 2025), so the
+        # math runs at fp8 where the device also has fp4 tensor cores, else at 16 bits.
+        if "fp4" in peaks and "fp8" in peaks:
+            return peaks["fp8"] * 1e12, "fp8", "mxfp4 weights x fp8 activations (W4A8)"
+        cls = "wo"
     if cls in ("fp8", "int8", "fp6", "fp4") and cls in peaks:
         return peaks[cls] * 1e12, cls, ""
     if cls == "fp32" and "fp32" in peaks:

@@ -390,18 +390,19 @@ def burst(s: Any, n: np.ndarray, bcap: np.ndarray, inp: np.ndarray, out: np.ndar
           cap: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(requests/s, mean TTFT, mean TPOT) of N prompts sent at once, lengths ~ exp(mean), capped.
 
-    Waves of at most ``bcap`` sequences; each wave prefills its prompts together, then decodes
-    until its longest request ends (mean · H_wave, at most the cap) while the batch drains, so
-    the mean decode batch is wave · mean / longest.
+    At most ``bcap`` sequences run at once. While more than a batch is waiting, continuous
+    batching refills freed slots, so those requests go at the steady closed-loop rate; the last
+    batch prefills and then drains until its longest request ends (mean · H_batch, at most the
+    cap), the mean decode batch falling to batch · mean / longest.
     """
     wave = np.minimum(n, bcap)
-    waves = np.ceil(n / wave)
     longest = np.clip(out * harmonic(wave), out, np.maximum(cap, out))
     pf = prefill_time(s, inp, wave).total
     mean_batch = np.maximum(wave * np.maximum(out - 1.0, 0.0) / np.maximum(longest - 1.0, 1.0),
                             1.0)
     step = decode_step(s, mean_batch, inp + out / 2.0).total
-    span = waves * (pf + np.maximum(longest - 1.0, 0.0) * step)
+    steady = closed_loop(s, wave, inp, out).rate_rps
+    span = (n - wave) / steady + pf + np.maximum(longest - 1.0, 0.0) * step
     return n / span, pf, step
 
 
