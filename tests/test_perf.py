@@ -384,3 +384,19 @@ def test_step_overhead_grows_with_layer_count():
     share = step.OVERHEAD_LAYER_SHARE
     assert ov32 == pytest.approx(2e-3)
     assert ov126 == pytest.approx(2e-3 * (1 - share + share * 126 / 32))
+
+
+def test_row_excluded_in_its_notes_is_skipped_with_the_reason():
+    from moatmeter.perf.validate import validate_rows
+
+    row = {"id": "x", "source": "test", "accelerator": "NVIDIA H100 SXM5 80GB", "count": "1",
+           "engine": "vLLM", "backend": "CUDA", "engine_version": "", "kv_dtype": "",
+           "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "bf16",
+           "scenario": "single_stream", "concurrency": "1", "input_len": "128",
+           "output_len": "128", "metric": "output_tokens_per_s", "value": "100",
+           "notes": "Excluded from calibration: checkpoint format unknown | read from table 2"}
+    ok = {**row, "id": "y", "notes": "read from table 2"}
+    out = validate_rows(CAT, [row, ok])
+    assert [r["id"] for r in out["rows"]] == ["y"]
+    assert out["summary"]["skipped"] == [
+        {"id": "x", "reason": "excluded from calibration: checkpoint format unknown"}]

@@ -18,7 +18,8 @@ How a published row becomes a deployment:
   lengths taken as exponential with the row's mean (capped), the longest of N is
   mean · H_N (harmonic number), at most the cap.
 - A missing KV dtype means the engine default: 16-bit (fp16 for llama.cpp-class engines).
-Rows that cannot be modelled are skipped with a reason, never guessed.
+Rows that cannot be modelled are skipped with a reason, never guessed; so are rows whose notes
+say "excluded from calibration: <reason>" (the source leaves their configuration undetermined).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ METRICS = ("output_tokens_per_s", "total_tokens_per_s", "requests_per_s", "ttft_
 LAYER_SPLIT_ENGINES = ("llama.cpp", "ollama")
 BACKEND_ALIASES = {"rocm": {"rocm", "hip"}, "hip": {"rocm", "hip"}}
 DEFAULT_SERVER_SLO = (2.0, 0.2)
+# A row whose meaning its source leaves undetermined is kept in the file, with the reason, but not
+# modelled: notes "excluded from calibration: <reason>" (up to the next ';' or '|').
+EXCLUDED = re.compile(r"excluded from calibration:\s*([^;|]+)", re.IGNORECASE)
 # Offline (max-throughput) runs are tuned to hold as many sequences as the KV cache allows;
 # this caps that batch where the row states no concurrency. TensorRT-LLM's perf-overview runs
 # declare CUDA-graph batch sizes up to 8192; for other engines 1024 is an estimate.
@@ -192,6 +196,10 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
             skip(rid, "duplicate id")
             continue
         seen.add(rid)
+        mx = EXCLUDED.search(r.get("notes", ""))
+        if mx:
+            skip(rid, f"excluded from calibration: {mx.group(1).strip()}")
+            continue
         acc_id = ix.acc.get(r["accelerator"].lower())
         if not acc_id:
             skip(rid, f"unknown accelerator '{r['accelerator']}'")
