@@ -11,12 +11,12 @@ How a published row becomes a deployment:
   TPOT p99 <= 200 ms", MLPerf's llama2-70b server limits, are the default); the model's p95 stands
   in for p99. A server row whose notes state "rate R req/s" (`bench serve --rate`) is predicted
   at that Poisson rate instead.
-- Bursts: a row whose notes say "burst" and give an output cap ("max_tokens=150") sent all its N
-  prompts at t = 0 with variable output lengths, and its throughput is total output over the time
-  until the *last* request finishes. That is not steady concurrency N: the prompts prefill
-  together, then the batch drains while the longest request decides the duration. With output
-  lengths taken as exponential with the row's mean (capped), the longest of N is
-  mean · H_N (harmonic number), at most the cap.
+- Bursts: a row whose notes say "burst" and give an output cap ("max_tokens=150") or the run's
+  longest output ("longest_output=780") sent all its N prompts at t = 0 with variable output
+  lengths, and its throughput is total output over the time until the *last* request finishes.
+  That is not steady concurrency N: the prompts prefill together, then the batch drains while
+  the longest request decides the duration. With output lengths taken as exponential with the
+  row's mean, the longest of N is mean · H_N (harmonic number), at most the cap / longest.
 - A missing KV dtype means the engine default: 16-bit (fp16 for llama.cpp-class engines).
 Rows that cannot be modelled are skipped with a reason, never guessed; so are rows whose notes
 say "excluded from calibration: <reason>" (the source leaves their configuration undetermined).
@@ -260,7 +260,7 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
         ttft_slo, tpot_slo = _slo(r.get("notes", ""))
         mr = re.search(r"\brate\s*=?\s*([\d.]+)\s*req/s", r.get("notes", ""))
         rate = float(mr.group(1)) if mr and scen == "server" else float("nan")
-        mb = re.search(r"\bmax_tokens\s*=\s*(\d+)", r.get("notes", ""))
+        mb = re.search(r"\b(?:max_tokens|longest_output)\s*=\s*(\d+)", r.get("notes", ""))
         burst = (float(mb.group(1)) if mb and re.search(r"\bburst\b", r.get("notes", ""))
                  and scen in ("fixed_concurrency", "single_stream") else float("nan"))
         out.append(Obs(id=rid, source=r["source"], accelerator=acc_id, stack=stack_id,
