@@ -233,3 +233,15 @@ def test_examples_load(cat):
         assert s.model in cat.models
     bank = load_scenario(EXAMPLES / "sovereign-bank-70b.yaml")
     assert bank.site.sovereign
+
+
+def test_rack_unit_cap_rejects_with_reason_and_reports_space(cat):
+    free = plan(_scn(), cat, samples=500, seed=1)
+    own = [o for o in free.options if o.kind == "own"]
+    assert own and all(o.rack_units >= 8 for o in own)  # h100/mi300x come in 8-GPU 8U servers
+    # An 8-device baseboard server is 8U per started group of 8 devices.
+    assert all(o.rack_units == 8 * -(-o.count // 8) for o in own)
+    r = plan(_scn(**{"constraints.max_rack_units": 8}), cat, samples=500, seed=1)
+    assert all(o.rack_units <= 8 for o in r.options if o.kind == "own")
+    too_big = [x for x in r.rejected if "constraints.max_rack_units 8" in x.reason]
+    assert too_big and all("rack units" in x.reason for x in too_big)

@@ -68,6 +68,7 @@ class Option:
     eff_sigma: float = 0.0
     bottleneck: str = ""
     power_kw: float = 0.0  # IT draw at full load incl. server overhead
+    rack_units: float = 0.0  # server height in rack units (U)
     price_source: str = ""
     migration: str = ""
     note: str = ""
@@ -316,6 +317,12 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
             rej.append(Rejection(c.id, f"draws {kw:.1f} kW at full load > constraints.max_power_kw"
                                        f" {scn.constraints.max_power_kw:g}"))
             continue
+        ru = rack_units(c.acc, count, base[rows["rack_units_per_8gpu_node"]],
+                        base[rows["rack_units_per_pcie_device"]])
+        if scn.constraints.max_rack_units and ru > scn.constraints.max_rack_units:
+            rej.append(Rejection(c.id, f"needs {ru:g} rack units > constraints.max_rack_units "
+                                       f"{scn.constraints.max_rack_units:g}"))
+            continue
         key = (c.stack.id, c.acc.family)
         groups.setdefault(key, len(groups))
         mig = L.migration(inc, c.stack, kernels=ib.custom_cuda_kernels,
@@ -328,7 +335,7 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
             ttft_p95_s=float(res.ttft_p95_s[i]), tpot_p95_s=tpot,
             interactivity_tok_s=(1.0 / tpot) if tpot > 0 else None,
             eff_sigma=float(np.nan_to_num(res.eff_sigma[i])), bottleneck=str(res.bottleneck[i]),
-            power_kw=kw, price_source=pr[1], migration=mig.describe(),
+            power_kw=kw, rack_units=ru, price_source=pr[1], migration=mig.describe(),
             note=res.calibration_note[i] if i < len(res.calibration_note) else "")
         own.append(o)
         meta.append({"price_row": pr[0], "group": groups[key], "mig": mig, "stack": c.stack,
@@ -562,6 +569,16 @@ def _length_ends(cat: Catalog, model: Any, scn: Scenario, opts: list[Option],
     for i, o in enumerate(opts):
         o.capacity_lo_rps = float(ends[0][i]) * o.replicas
         o.capacity_hi_rps = float(ends[1][i]) * o.replicas
+
+
+def rack_units(acc: Accelerator, count: int, u_per_node: float, u_per_pcie: float) -> float:
+    """Rack space: 8-way baseboard parts (SXM/OAM) come in 8-device servers; PCIe cards,
+    workstations, Apple and CPU parts take a per-device share of a small server."""
+    baseboard = (acc.form_factor == "datacenter" and acc.max_scaleup_devices >= 8
+                 and not acc.scaleup_link.lower().startswith("none"))
+    if baseboard:
+        return math.ceil(count / 8) * u_per_node
+    return count * u_per_pcie
 
 
 def _per_node(acc: Accelerator | None) -> int:

@@ -129,6 +129,7 @@ class Site(_Strict):
 class Constraints(_Strict):
     vendors: list[str] | None = None
     max_power_kw: PositiveFloat | None = None
+    max_rack_units: PositiveFloat | None = None  # server height budget, U (42U rack = 42)
     accelerators: list[str] | None = None  # restrict candidates to these catalog ids
     stacks: list[str] | None = None
     precisions: list[Literal["bf16", "fp16", "fp8", "int8", "int4", "fp4"]] = ["bf16", "fp8"]

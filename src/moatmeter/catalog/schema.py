@@ -197,7 +197,7 @@ UNITS = {
     "USD", "USD/GPU", "USD/node", "USD/kit", "USD/switch", "USD/GPU/year", "USD/GPU-hour",
     "USD/useful-GPU-hour", "USD/kWh", "EUR/kWh", "USD/kW-month", "USD/rack-month", "USD-million/MW",
     "USD/year", "USD/Mtok", "fraction", "fraction/year", "ratio", "x", "x/year", "years", "months",
-    "weeks", "W", "kW", "FTE", "FTE/node", "nodes/FTE", "people",
+    "weeks", "W", "kW", "FTE", "FTE/node", "nodes/FTE", "people", "U/node", "U/device",
 }
 
 

@@ -97,6 +97,8 @@ def register(app: typer.Typer) -> None:
         vendors: Annotated[str | None, typer.Option(
             help="Allowed vendors, comma-separated (nvidia,amd,intel).")] = None,
         max_power_kw: Annotated[float | None, typer.Option(help="Power cap, kW.")] = None,
+        max_rack_units: Annotated[float | None, typer.Option(
+            help="Rack-space cap in U (servers only; a 42U rack = 42).")] = None,
         incumbent_stack: Annotated[str | None, typer.Option(
             help="Stack in production today, e.g. trtllm-cuda.")] = None,
         samples: Annotated[int, typer.Option(help="Monte Carlo samples.")] = 10_000,
@@ -120,7 +122,8 @@ def register(app: typer.Typer) -> None:
             "site.cost_of_capital": cost_of_capital,
             "constraints.vendors": [v.strip() for v in vendors.split(",") if v.strip()]
             if vendors else None,
-            "constraints.max_power_kw": max_power_kw, "incumbency.stack": incumbent_stack,
+            "constraints.max_power_kw": max_power_kw,
+            "constraints.max_rack_units": max_rack_units, "incumbency.stack": incumbent_stack,
         }
         # A rate flag replaces the file's rate of the other kind.
         if requests_per_s is not None or tokens_per_day is not None:

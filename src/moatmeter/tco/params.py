@@ -113,7 +113,7 @@ REQUIRED = [
     "nvidia_ai_enterprise_subscription", "nvidia_ai_enterprise_cloud_hourly",
     "hw_maintenance_support", "staff_fte_per_gpu_servers", "staff_small_deployment_fte",
     "gpu_infra_engineer_base_salary", "cuda_to_hip_port_effort_hpc",
-    "reserved_discount_vs_ondemand",
+    "reserved_discount_vs_ondemand", "rack_units_per_8gpu_node", "rack_units_per_pcie_device",
 ]
 
 
