@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
 
@@ -26,16 +26,6 @@ FAMILIES = (
     "RDNA3", "RDNA4", "Gaudi2", "Gaudi3", "Xe-HPC", "Xe-HPG", "Xe2", "Apple-M2", "Apple-M3",
     "Apple-M4", "Granite-Rapids", "Emerald-Rapids", "Zen4", "Zen5",
 )
-FEATURES = (
-    "continuous_batching",
-    "paged_attention",
-    "flash_attention",
-    "chunked_prefill",
-    "tensor_parallel",
-    "pipeline_parallel",
-    "speculative_decoding",
-    "prefix_caching",
-)
 Feature = Literal[
     "continuous_batching",
     "paged_attention",
@@ -46,6 +36,7 @@ Feature = Literal[
     "speculative_decoding",
     "prefix_caching",
 ]
+FEATURES: tuple[str, ...] = get_args(Feature)
 
 
 class Strict(BaseModel):

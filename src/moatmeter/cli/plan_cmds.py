@@ -12,6 +12,7 @@ from rich.table import Table
 
 from moatmeter.cli.common import CatalogOpt, JsonOpt, console, err_console, get_catalog, print_json
 from moatmeter.errors import InputError
+from moatmeter.fmt import money as _money
 
 HELP = """Rank SLO-feasible deployments (buy, rent, hosted API) by P50 $/M tokens, with TCO
 P10-P90 from Monte Carlo and the lock-in premium as its own column.
@@ -24,16 +25,6 @@ Example:  moatmeter plan examples/sovereign-bank-70b.yaml --report report.html
 Example:  moatmeter plan --model llama-3.1-8b --requests-per-s 20 --input-tokens 500
 --output-tokens 200 --ttft 1 --tpot 0.05 --json
 """
-
-
-def _money(x: float) -> str:
-    if x != x:  # NaN
-        return "-"
-    if abs(x) >= 1e6:
-        return f"${x / 1e6:,.2f}M"
-    if abs(x) >= 1e3:
-        return f"${x / 1e3:,.0f}k"
-    return f"${x:,.0f}"
 
 
 def _per_m(x: float) -> str:

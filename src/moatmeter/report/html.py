@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from moatmeter.errors import InputError
+from moatmeter.fmt import money as _money
 from moatmeter.tco.costs import ITEMS, LOCKIN_ITEMS
 
 TOP = 15
@@ -69,16 +70,6 @@ def _clean(obj: Any) -> Any:
 
 def _e(x: Any) -> str:
     return escape(str(x), quote=True)
-
-
-def _money(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    if abs(x) >= 1e6:
-        return f"${x / 1e6:,.2f}M"
-    if abs(x) >= 1e3:
-        return f"${x / 1e3:,.0f}k"
-    return f"${x:,.0f}"
 
 
 def _fmt(x: Any) -> str:
