@@ -359,6 +359,33 @@ def test_burst_rows_are_parsed_and_predicted_as_bursts():
     assert pred["b16-burst"] < 0.6 * pred["b16"]
 
 
+def test_finite_offline_run_is_one_lock_step_wave():
+    """N fixed-length prompts submitted at once: prefill of all N, then O − 1 steps at batch N."""
+    from moatmeter.perf.step import decode_step, prefill_time
+    from moatmeter.perf.validate import validate_rows
+
+    base = {"id": "off16", "source": "test", "accelerator": "AMD Instinct MI300X", "count": "8",
+            "engine": "vLLM", "backend": "ROCm", "engine_version": "", "kv_dtype": "",
+            "model": "meta-llama/Llama-3.1-405B-Instruct", "weight_dtype": "fp8",
+            "scenario": "offline", "concurrency": "16", "input_len": "32784",
+            "output_len": "2048", "metric": "total_tokens_per_s", "value": "600",
+            "notes": "TP8"}
+    fin = {**base, "id": "off16-once",
+           "notes": "TP8; --num-prompts=16 fixed-length prompts submitted at once"}
+    pred = {r["id"]: r["predicted"] for r in validate_rows(CAT, [base, fin])["rows"]}
+    # long prompts: the wave's prefill no longer hides under memory-bound decode steps
+    assert pred["off16-once"] < 0.95 * pred["off16"]
+    # and the wave formula itself, on the step model directly
+    from moatmeter.perf.observations import burst
+
+    n = 3
+    s = _inputs(n, 3.35e12, 1e15, 70.0, tp=1.0)
+    b, inp, out = np.array([1.0, 8.0, 32.0]), np.full(n, 4096.0), np.full(n, 256.0)
+    rps, _, _ = burst(s, b, np.full(n, 256.0), inp, out, out)
+    wave = prefill_time(s, inp, b).total + (out - 1.0) * decode_step(s, b, inp + out / 2).total
+    assert rps == pytest.approx(b / wave, rel=1e-6)
+
+
 def test_stated_static_batch_is_not_capped_at_the_default():
     from moatmeter.perf.validate import validate_rows
 

@@ -17,6 +17,11 @@ How a published row becomes a deployment:
   That is not steady concurrency N: the prompts prefill together, then the batch drains while
   the longest request decides the duration. With output lengths taken as exponential with the
   row's mean, the longest of N is mean · H_N (harmonic number), at most the cap / longest.
+  An ``offline`` row with a stated concurrency whose notes say its prompts were submitted "at
+  once" (benchmark_throughput-style: N fixed-length prompts, elapsed time to the last) is the
+  same kind of finite run with every output as long as the longest: one lock-step wave
+  (prefill of all N, then O − 1 decode steps at batch N) when N fits the batch cap, steady
+  refills before the last wave otherwise — not an endless steady state at batch N.
 - A missing KV dtype means the engine default: 16-bit (fp16 for llama.cpp-class engines).
 Rows that cannot be modelled are skipped with a reason, never guessed; so are rows whose notes
 say "excluded from calibration: <reason>" (the source leaves their configuration undetermined).
@@ -263,6 +268,9 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
         mb = re.search(r"\b(?:max_tokens|longest_output)\s*=\s*(\d+)", r.get("notes", ""))
         burst = (float(mb.group(1)) if mb and re.search(r"\bburst\b", r.get("notes", ""))
                  and scen in ("fixed_concurrency", "single_stream") else float("nan"))
+        if (scen == "offline" and conc and math.isnan(burst)
+                and re.search(r"\bat once\b", r.get("notes", ""))):
+            burst = float(outl)  # a finite run of fixed-length prompts: a burst, longest = O
         out.append(Obs(id=rid, source=r["source"], accelerator=acc_id, stack=stack_id,
                        model=model_id, weight_dtype=wdt, kv_dtype=kvd, tp=tp, pp=pp,
                        replicas=count / (tp * pp), scenario=scen,
