@@ -2,6 +2,10 @@
 
 ``evaluate_grid`` (vectorised, for the planner) and ``predict_deployment`` (one deployment, for
 `predict` and `bench compare`) are the entry points; see perf/types.py for the grid contract.
+
+Global hyper-parameters chosen by leave-one-source-out CV (benchmarks/calibration_cv.py), each
+documented where it is defined: ``step.OVERHEAD_LAYER_SHARE`` (0.5), ``deploy.LINK_EFF_PCIE``
+(0.45), ``calibrate.SIGMA_SCALE`` (1.5, for P10-P90 coverage).
 """
 
 from moatmeter.perf.api import Prediction, evaluate_grid, predict_deployment, single_stream_bound

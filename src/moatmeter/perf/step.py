@@ -13,7 +13,7 @@ and compute imperfectly, so near the ridge point the time is higher than either 
   attention.
 - Tensor parallelism splits bytes and FLOPs by TP and adds two all-reduces of B·hidden activations
   per layer (ring: 2(TP−1)/TP of the message over the unidirectional scale-up bandwidth, plus a
-  per-collective latency).
+  per-collective latency; over PCIe only ``deploy.LINK_EFF_PCIE`` of the nominal figure).
 - Pipeline parallelism splits layers across PP stages; the engine keeps PP micro-batches in flight,
   so a decode step of B sequences costs PP stage-steps of B/PP sequences each (no latency gain,
   more room for batch).
