@@ -83,6 +83,27 @@ def test_mla_kv_is_latent_and_replicated_under_tp():
     assert r.s.kv_tok[0] == 8 * (512 + 64) * a.layers * 2
 
 
+def test_dp_attention_keeps_one_kv_copy_and_every_rank_holds_attention_weights():
+    a = arch_of(CAT.model("deepseek-v3"))
+    kw = dict(accelerator="h200-sxm", stack="sglang-cuda", model="deepseek-v3", tp=np.array([8, 8]),
+              pp=1, weight_dtype="fp8", kv_dtype="bf16", context=4096)
+    r = resolve(CAT, **kw, dp_attention=np.array([False, True]))
+    assert r.s.kv_tok[1] == (512 + 64) * a.layers * 2 == r.s.kv_tok[0] / 8
+    # each of the 8 ranks keeps the whole attention block: 7 extra copies (fp8: 1 byte/param)
+    assert r.weights_per_device[1] - r.weights_per_device[0] == pytest.approx(
+        7 * a.attention_params / 8, rel=1e-9)
+    assert r.max_sequences[1] > 4 * r.max_sequences[0]
+    # the row's notes switch it on
+    from moatmeter.perf.observations import map_rows
+    row = {"id": "x", "source": "s", "accelerator": "NVIDIA H200 SXM 141GB", "count": "8",
+           "engine": "SGLang", "backend": "CUDA", "engine_version": "0.4.3, --enable-dp-attention",
+           "model": "deepseek-ai/DeepSeek-R1", "weight_dtype": "fp8", "kv_dtype": "",
+           "scenario": "fixed_concurrency", "concurrency": "32", "input_len": "3200",
+           "output_len": "800", "metric": "output_tokens_per_s", "value": "400", "notes": "TP8"}
+    obs, _ = map_rows(CAT, [row, {**row, "id": "y", "engine_version": "0.4.3"}])
+    assert [o.dp_attention for o in obs] == [True, False]
+
+
 def _grid(**kw):
     n = max(len(v) for v in kw.values() if isinstance(v, list))
     full = {k: np.array(v if isinstance(v, list) else [v] * n) for k, v in kw.items()}

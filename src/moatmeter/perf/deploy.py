@@ -141,8 +141,14 @@ def _uniq(key: np.ndarray, space: int) -> tuple[np.ndarray, np.ndarray]:
 
 def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: Any, pp: Any,
             weight_dtype: Any, kv_dtype: Any, context: Any, max_batch: Any = None,
-            calib: Calibration | None = None) -> Resolved:
+            calib: Calibration | None = None, dp_attention: Any = False) -> Resolved:
     """Arrays (or scalars, broadcast) of ids and settings → ``Resolved``.
+
+    ``dp_attention`` (bool per row): attention runs data-parallel across the TP group (SGLang
+    ``--enable-dp-attention``, TensorRT-LLM ``enable_attention_dp``): every device holds the
+    attention weights and the KV cache of its own sequences only, while the MLP / experts stay
+    sharded. The KV cache is then not replicated (MLA's latent otherwise is, on every rank), and
+    each device reads the full attention weights every step.
 
     ``model`` holds catalog model ids (or one ``ModelEntry``). Unknown ids raise ``CatalogError``.
     """
@@ -236,7 +242,15 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     reasons[(reasons == "") & bad_k[kkey_i]] = "unknown KV-cache dtype"
     is_mla = mcol(lambda a: a.is_mla) > 0
     repl = np.where(is_mla, tp, np.maximum(1.0, tp / np.maximum(kv_heads, 1.0)))
+    dpa = np.broadcast_to(np.asarray(dp_attention, bool), (n,)) & (tp > 1)
+    repl = np.where(dpa, 1.0, repl)
     kv_tok = kv_tok * repl
+    # attention weights (per model and weight dtype) that DP attention keeps on every device
+    w_att = np.zeros(len(wkey_u))
+    for j, k in enumerate(wkey_u):
+        a, d = arches[k // len(wd_u)], wd_u[k % len(wd_u)]
+        w_att[j] = a.attention_params * (mem.weight_bytes_per_param(d) or 2.0)
+    w_attn_extra = np.where(dpa, w_att[wkey_i] * (tp - 1.0), 0.0)
 
     # --- per (accelerator, stack, weight dtype, kv dtype): support and compute peak
     S, W, K = len(st_u), len(wd_u), len(kd_u)
@@ -292,7 +306,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
 
     # --- memory
     devices = tp * pp
-    w_dev = w_total / devices
+    w_dev = (w_total + w_attn_extra) / devices
     res_u = np.array([ENGINE_RESERVE.get(s.engine.lower(), (mem.RESERVE_FRACTION,
                                                              mem.RESERVE_FIXED_BYTES / mem.GIB))
                       for s in stacks])
@@ -331,7 +345,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
 
     s = StepInputs(peak=np.maximum(peak, 1.0), bw=bw, link_bw=link_bw, link_lat=link_lat,
                    tp=tp, pp=pp, eff_c=eff_r[:, 0], eff_m=eff_r[:, 1], overhead=eff_r[:, 2],
-                   w_dense=w_dense, w_expert=w_expert, n_experts=n_exp, topk=topk,
+                   w_dense=w_dense + w_attn_extra, w_expert=w_expert, n_experts=n_exp, topk=topk,
                    moe_layers=moe_layers, kv_tok=kv_tok, flops_tok=flops_tok, attn=attn,
                    hidden=hidden, layers=layers)
     return Resolved(s=s, feasible=feasible, reason=list(reasons), devices=devices,

@@ -126,6 +126,12 @@ class Obs:
     line: str = ""
     rate: float = float("nan")  # server rows measured at a stated Poisson rate (req/s)
     burst_cap: float = float("nan")  # output cap of a burst row (all prompts at t = 0)
+    dp_attention: bool = False  # attention data-parallel across the TP group (DEP, dp-attention)
+
+
+# attention data parallel across the TP group: TensorRT-LLM "DEP4" / enable_attention_dp, SGLang
+# --enable-dp-attention
+DP_ATTENTION = re.compile(r"\bDEP\d|enable[-_]dp[-_]attention|enable_attention_dp")
 
 
 def _num(v: str) -> float | None:
@@ -279,7 +285,9 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                        family=acc.family, engine=cat.stack(stack_id).engine,
                        ttft_slo=ttft_slo, tpot_slo=tpot_slo,
                        arch=arch_class(arch_of(cat.model(model_id))), line=product_line(acc),
-                       rate=rate, burst_cap=burst))
+                       rate=rate, burst_cap=burst,
+                       dp_attention=bool(DP_ATTENTION.search(
+                           f"{r.get('engine_version', '')} {r.get('notes', '')}"))))
     return out, skipped
 
 
@@ -322,7 +330,8 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
                            np.maximum(DEFAULT_MAX_BATCH, stated), DEFAULT_MAX_BATCH))
     res = resolve(cat, accelerator=col["accelerator"], stack=col["stack"], model=col["model"],
                   tp=col["tp"], pp=col["pp"], weight_dtype=col["weight_dtype"],
-                  kv_dtype=col["kv_dtype"], context=ctx, max_batch=mb, calib=calib)
+                  kv_dtype=col["kv_dtype"], context=ctx, max_batch=mb, calib=calib,
+                  dp_attention=np.array([o.dp_attention for o in obs], dtype=bool))
     keep = np.flatnonzero(res.feasible)
     skipped = [{"id": obs[i].id, "reason": f"infeasible as mapped: {res.reason[i]}"}
                for i in np.flatnonzero(~res.feasible)]
