@@ -83,6 +83,19 @@ def test_mla_kv_is_latent_and_replicated_under_tp():
     assert r.s.kv_tok[0] == 8 * (512 + 64) * a.layers * 2
 
 
+def test_fp8_mlp_keeps_attention_and_end_layers_16_bit():
+    a = arch_of(CAT.model("llama-3.1-405b"))
+    mlp = (a.total_params - a.embedding_params - a.attention_params) * (a.layers - 2) / a.layers
+    assert mem.model_weight_bytes(a, "fp8_mlp") == pytest.approx(2 * a.total_params - mlp)
+    assert 480e9 < mem.model_weight_bytes(a, "fp8_mlp") < 495e9
+    assert mem.model_weight_bytes(a, "fp8") < 0.85 * mem.model_weight_bytes(a, "fp8_mlp")
+    r = resolve(CAT, accelerator="h100-sxm", stack="vllm-cuda", model="llama-3.1-405b",
+                tp=np.array([8, 8]), pp=1, weight_dtype=np.array(["fp8", "fp8_mlp"]),
+                kv_dtype="bf16", context=4096)
+    assert r.feasible.all() and r.compute_dtype.tolist() == ["fp8", "fp8"]
+    assert r.max_sequences[1] < 0.7 * r.max_sequences[0]
+
+
 def test_dp_attention_keeps_one_kv_copy_and_every_rank_holds_attention_weights():
     a = arch_of(CAT.model("deepseek-v3"))
     kw = dict(accelerator="h200-sxm", stack="sglang-cuda", model="deepseek-v3", tp=np.array([8, 8]),

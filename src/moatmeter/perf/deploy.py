@@ -90,6 +90,8 @@ def _stack_has_dtype(stack: Stack, dtype: str, kind: str) -> bool:
     formats = {mem.norm_dtype(q) for q in stack.quant_formats}
     if d in formats:
         return True
+    if d == "fp8_mlp" and "fp8" in listed:
+        return True  # FP8 FFN, 16-bit attention: runs wherever FP8 weights do
     if mem.DTYPE_CLASS.get(d) == "fp4" and "fp4" in listed:
         return True  # MXFP4 / NVFP4 where the stack lists 4-bit floats generically
     gguf = d.startswith("q") and "_" in d

@@ -15,6 +15,11 @@ Why these numbers:
 - Quantised checkpoints keep the embedding and LM head in 16 bits (AWQ/GPTQ/FP8 checkpoints in
   vLLM and TensorRT-LLM do), so only the transformer-block weights shrink; GGUF block formats
   quantise them too.
+- ``fp8_mlp`` is Meta's FBGEMM FP8 recipe for Llama 3.1 (meta-llama/Llama-3.1-405B-FP8): FP8 in the
+  feed-forward layers only, "we do not perform quantization in the self-attention layers of the
+  model" and not in the first and last Transformer layers (The Llama 3 Herd of Models,
+  arXiv:2407.21783, 2024-07-31, section 6.2), so attention, those two layers and the embeddings stay
+  16-bit; the FP8 FFN GEMMs carry most of the FLOPs, so its compute class is fp8.
 - KV bytes per token = 2 · layers · kv_heads · head_dim · bytes (MLA: latent rank + rope dims, one
   copy). Under tensor parallelism each rank needs at least one KV head, so when TP exceeds the KV
   heads the cache is replicated (factor ``tp / kv_heads``); MLA's latent is replicated on every
@@ -34,7 +39,7 @@ RESERVE_FIXED_BYTES = 1.0 * GIB  # estimate: runtime context, workspace (range 0
 # Bytes per weight including quantisation scales (see module docstring for the sources).
 WEIGHT_BYTES: dict[str, float] = {
     "fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "f16": 2.0,
-    "fp8": 1.0, "int8": 1.0, "q8_0": 34 / 32,
+    "fp8": 1.0, "fp8_mlp": 1.0, "int8": 1.0, "q8_0": 34 / 32,
     "fp6": 0.75, "q6_k": 6.5625 / 8, "q5_k_m": 5.7 / 8, "q5_0": 22 / 32, "q5_k_s": 5.5 / 8,
     "int4": 4.25 / 8, "fp4": 4.25 / 8, "mxfp4": 4.25 / 8, "nvfp4": 4.5 / 8,
     "q4_0": 18 / 32, "q4_k_m": 4.85 / 8, "q4_k_s": 4.58 / 8, "q3_k_m": 3.9 / 8,
@@ -44,7 +49,8 @@ KV_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "f16": 2.0,
 # Which compute class a weight format belongs to: the peak it can use when the device has it.
 DTYPE_CLASS: dict[str, str] = {
     "fp32": "fp32", "tf32": "fp32", "bf16": "bf16", "fp16": "bf16", "f16": "bf16",
-    "fp8": "fp8", "int8": "int8", "fp6": "fp6", "fp4": "fp4", "mxfp4": "fp4", "nvfp4": "fp4",
+    "fp8": "fp8", "fp8_mlp": "fp8", "int8": "int8", "fp6": "fp6", "fp4": "fp4", "mxfp4": "fp4",
+    "nvfp4": "fp4",
     # weight-only: dequantised on the fly, math at 16 bits (llama.cpp's block formats included)
     "int4": "wo", "q8_0": "wo", "q4_0": "wo", "q4_k_m": "wo", "q4_k_s": "wo", "q5_0": "wo",
     "q5_k_m": "wo", "q5_k_s": "wo", "q6_k": "wo", "q3_k_m": "wo",
@@ -77,6 +83,10 @@ def model_weight_bytes(arch: ModelArch, dtype: str) -> float:
     d = norm_dtype(dtype)
     # GGUF files quantise the embeddings too (Q4_K_M keeps them at 4-6 bits); others keep 16-bit
     emb_b = b if d.startswith("q") or b >= 2.0 else 2.0
+    if d == "fp8_mlp":  # FP8 FFN in all but the first and last layers; the rest 16-bit
+        mlp = ((arch.total_params - arch.embedding_params - arch.attention_params)
+               * max(arch.layers - 2, 0) / max(arch.layers, 1))
+        return (arch.total_params - mlp) * 2.0 + mlp * b
     return (arch.total_params - arch.embedding_params) * b + arch.embedding_params * emb_b
 
 
