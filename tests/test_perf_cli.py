@@ -69,6 +69,18 @@ def test_predict_json_contract(cli):
     assert d["calibration_note"]
 
 
+def test_predict_dp_attention_flag(cli):
+    base = ["predict", "--accelerator", "h200-sxm", "--count", "8", "--tp", "8", "--stack",
+            "sglang-cuda", "--model", "deepseek-r1", "--dtype", "fp8", "--input", "3200",
+            "--output", "800", "--concurrency", "128", "--json"]
+    off, on = (json.loads(cli(*base, *extra).stdout) for extra in ([], ["--dp-attention"]))
+    # MLA's latent is replicated on all 8 ranks under plain TP; DP attention keeps one copy
+    assert on["memory"]["kv_bytes_per_token"] * 8 == off["memory"]["kv_bytes_per_token"]
+    assert on["memory"]["weights_gb"] > off["memory"]["weights_gb"]
+    assert on["memory"]["max_sequences"] > 4 * off["memory"]["max_sequences"]
+    assert any("data-parallel" in n for n in on["notes"])
+
+
 def test_predict_text_and_rate(cli):
     p = cli(*PREDICT, "--rate", "2")
     assert p.returncode == 0, p.stderr

@@ -46,6 +46,10 @@ def predict_cmd(
                                                "requests/s.")] = None,
     max_batch: Annotated[int | None, typer.Option("--max-batch", help="Engine limit on "
                                                   "concurrent sequences (default 256).")] = None,
+    dp_attention: Annotated[bool, typer.Option("--dp-attention", help="Attention data-parallel "
+                            "inside the TP group (SGLang --enable-dp-attention, TensorRT-LLM "
+                            "enable_attention_dp): one KV-cache copy instead of a per-rank "
+                            "replica (MLA), attention weights on every rank.")] = False,
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -67,7 +71,8 @@ def predict_cmd(
     p = predict_deployment(cat, accelerator=accelerator, count=count, tp=tp, pp=pp, stack=stack,
                            model=model, weight_dtype=dtype, kv_dtype=kv_dtype,
                            input_tokens=input_tokens, output_tokens=output_tokens,
-                           concurrency=concurrency, rate=rate, max_batch=max_batch)
+                           concurrency=concurrency, rate=rate, max_batch=max_batch,
+                           dp_attention=dp_attention)
     if json_out:
         print_json(p.to_dict())
         return

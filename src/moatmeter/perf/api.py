@@ -157,9 +157,12 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                        stack: str, model: str, weight_dtype: str = "bf16",
                        kv_dtype: str | None = None, input_tokens: float, output_tokens: float,
                        concurrency: float | None = None, rate: float | None = None,
-                       max_batch: int | None = None, calib: Calibration | None = None
-                       ) -> Prediction:
+                       max_batch: int | None = None, calib: Calibration | None = None,
+                       dp_attention: bool = False) -> Prediction:
     """Predict one deployment (``count`` devices = ``count / (tp·pp)`` data-parallel replicas).
+
+    ``dp_attention``: attention data-parallel inside the TP group (SGLang --enable-dp-attention,
+    TensorRT-LLM enable_attention_dp): one KV copy, attention weights on every rank.
 
     Throughputs are for all ``count`` devices; the load (concurrency or Poisson rate) is split
     evenly across replicas; with neither it is offline maximum throughput.
@@ -201,9 +204,13 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
     r = resolve(catalog, accelerator=np.array([accelerator]), stack=np.array([stack]),
                 model=entry, tp=np.array([tp]), pp=np.array([pp]), weight_dtype=np.array([wd]),
                 kv_dtype=np.array([kd]), context=np.array([ctx]),
-                max_batch=None if max_batch is None else np.array([max_batch]), calib=calib)
+                max_batch=None if max_batch is None else np.array([max_batch]), calib=calib,
+                dp_attention=np.array([bool(dp_attention)]))
     p = _prediction(r, accelerator, stack, model, count, tp, pp, wd, kd, input_tokens,
                     output_tokens, concurrency, rate, replicas)
+    if dp_attention and tp > 1:
+        pre_notes.append("attention data-parallel across the TP group: one KV copy, attention "
+                         "weights on every rank")
     p.notes = pre_notes + p.notes
     return p
 
