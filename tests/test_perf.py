@@ -106,6 +106,13 @@ def test_dp_attention_keeps_one_kv_copy_and_every_rank_holds_attention_weights()
     assert r.weights_per_device[1] - r.weights_per_device[0] == pytest.approx(
         7 * a.attention_params / 8, rel=1e-9)
     assert r.max_sequences[1] > 4 * r.max_sequences[0]
+    # fp8_mlp keeps attention 16-bit, so the replicated attention copies cost 2 bytes per param
+    a405 = arch_of(CAT.model("llama-3.1-405b"))
+    r2 = resolve(CAT, accelerator="h200-sxm", stack="sglang-cuda", model="llama-3.1-405b",
+                 tp=np.array([8, 8]), pp=1, weight_dtype="fp8_mlp", kv_dtype="bf16",
+                 context=4096, dp_attention=np.array([False, True]))
+    assert r2.weights_per_device[1] - r2.weights_per_device[0] == pytest.approx(
+        7 * 2 * a405.attention_params / 8, rel=1e-9)
     # the row's notes switch it on
     from moatmeter.perf.observations import map_rows
     row = {"id": "x", "source": "s", "accelerator": "NVIDIA H200 SXM 141GB", "count": "8",

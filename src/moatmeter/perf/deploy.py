@@ -205,6 +205,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     wkey_u, wkey_i = _uniq(mo_i * len(wd_u) + wd_i, len(mo_u) * len(wd_u))
     w_tot = np.zeros(len(wkey_u))
     w_exp = np.zeros(len(wkey_u))
+    w_att = np.zeros(len(wkey_u))  # what attention data parallelism keeps on every device
     bad_w = np.zeros(len(wkey_u), bool)
     for j, k in enumerate(wkey_u):
         a, d = arches[k // len(wd_u)], wd_u[k % len(wd_u)]
@@ -213,6 +214,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
             continue
         w_tot[j] = mem.model_weight_bytes(a, d)
         w_exp[j] = mem.expert_bytes(a, d)
+        w_att[j] = mem.attention_bytes(a, d)
     w_total = w_tot[wkey_i]
     w_expert = w_exp[wkey_i]
     w_dense = w_total - moe_layers * n_exp * w_expert
@@ -247,11 +249,6 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     dpa = np.broadcast_to(np.asarray(dp_attention, bool), (n,)) & (tp > 1)
     repl = np.where(dpa, 1.0, repl)
     kv_tok = kv_tok * repl
-    # attention weights (per model and weight dtype) that DP attention keeps on every device
-    w_att = np.zeros(len(wkey_u))
-    for j, k in enumerate(wkey_u):
-        a, d = arches[k // len(wd_u)], wd_u[k % len(wd_u)]
-        w_att[j] = a.attention_params * (mem.weight_bytes_per_param(d) or 2.0)
     w_attn_extra = np.where(dpa, w_att[wkey_i] * (tp - 1.0), 0.0)
 
     # --- per (accelerator, stack, weight dtype, kv dtype): support and compute peak

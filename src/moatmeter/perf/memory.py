@@ -90,6 +90,12 @@ def model_weight_bytes(arch: ModelArch, dtype: str) -> float:
     return (arch.total_params - arch.embedding_params) * b + arch.embedding_params * emb_b
 
 
+def attention_bytes(arch: ModelArch, dtype: str) -> float:
+    """Bytes of all attention blocks (``fp8_mlp`` keeps them 16-bit)."""
+    b = 2.0 if norm_dtype(dtype) == "fp8_mlp" else weight_bytes_per_param(dtype) or 2.0
+    return arch.attention_params * b
+
+
 def expert_bytes(arch: ModelArch, dtype: str) -> float:
     """Bytes of one routed expert in one layer (0 for dense models)."""
     b = weight_bytes_per_param(dtype) or 2.0
