@@ -160,6 +160,24 @@ def test_weight_only_fp8_on_ampere_uses_bf16_math():
     assert r2.compute_dtype[0] == "fp8"
 
 
+def test_vector_only_stack_family_uses_the_fp32_rate():
+    """llama.cpp Vulkan has no XMX path on Arc A770: its prefill peak is the vector fp32 rate."""
+    acc = CAT.accelerator("arc-a770")
+    kw = dict(accelerator="arc-a770", model="llama-2-7b", tp=1, pp=1, weight_dtype="q4_0",
+              kv_dtype="fp16", context=640)
+    vk = resolve(CAT, stack="llamacpp-vulkan", **kw)
+    sy = resolve(CAT, stack="llamacpp-sycl", **kw)
+    assert vk.compute_dtype[0] == "fp32" and "no matrix-unit path" in vk.dtype_note[0]
+    assert vk.s.peak[0] == pytest.approx(acc.peak_tflops["fp32"] * 1e12)
+    assert sy.s.peak[0] == pytest.approx(acc.peak_tflops["fp16"] * 1e12)
+    # same efficiencies: an 8x lower peak makes the compute-bound prefill ~8x slower
+    s_vk = vk.s.with_eff(np.array([0.5]), np.array([0.8]), np.array([1e-3]))
+    s_sy = sy.s.with_eff(np.array([0.5]), np.array([0.8]), np.array([1e-3]))
+    t_vk = prefill_time(s_vk, 512.0).total[0]
+    t_sy = prefill_time(s_sy, 512.0).total[0]
+    assert 5.0 < t_vk / t_sy < 8.5
+
+
 def test_goodput_meets_slo_and_below_saturation():
     g = _grid(accelerator=["h100-sxm", "h200-sxm", "mi300x", "l40s"],
               stack=["vllm-cuda", "trtllm-cuda", "vllm-rocm", "vllm-cuda"], tp=[1, 1, 1, 1],

@@ -149,6 +149,14 @@ class HardwareSupport(Strict):
     note: str = ""
 
 
+class VectorOnly(Strict):
+    """Families on which a stack has no matrix-unit (tensor/XMX core) path for its GEMMs."""
+
+    families: Annotated[list[str], Field(min_length=1)]
+    sources: Sources
+    note: str = ""
+
+
 class Stack(Entry):
     """An inference engine on one backend: what it runs on, what it serves, what it can do."""
 
@@ -167,6 +175,8 @@ class Stack(Entry):
     maturity: Maturity
     licence: str = ""
     notes: str = ""
+    # GEMMs run on the vector ALUs there, so the compute peak is the device's fp32 rate
+    vector_only: list[VectorOnly] = []
 
     @model_validator(mode="after")
     def _all_features(self) -> Stack:
@@ -178,6 +188,9 @@ class Stack(Entry):
     def families(self, include_experimental: bool = True) -> set[str]:
         ok = {"official", "community"} | ({"experimental"} if include_experimental else set())
         return {f for h in self.hardware if h.level in ok for f in h.families}
+
+    def vector_only_on(self, family: str) -> bool:
+        return any(family in v.families for v in self.vector_only)
 
     def has(self, feature: str) -> bool:
         s = self.features.get(feature)  # type: ignore[call-overload]

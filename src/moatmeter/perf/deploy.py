@@ -274,6 +274,9 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
         ai = k // (K * W * S)
         a, s = accs[ai], stacks[si]
         peak, cdt, note = _peak_for(a, wd_u[wd])
+        if s.vector_only_on(a.family) and "fp32" in a.peak_tflops:
+            peak, cdt = a.peak_tflops["fp32"] * 1e12, "fp32"
+            note = f"no matrix-unit path for {s.id} on {a.family}: vector fp32 rate"
         peak_u[j], cdt_u[j], note_u[j], why_u[j] = peak, cdt, note, ""
         if a.family not in fams[si]:
             why_u[j] = f"stack {s.id} does not support {a.family} ({a.id})"
