@@ -332,6 +332,13 @@ def test_user_stack_with_unknown_family_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CatalogError) as exc:
         load_catalog(tmp_path)
     assert exc.value.field == "hardware.0.families" and "'Hoper'" in str(exc.value)
+    raw["hardware"][0]["families"] = ["Hopper"]
+    ref = {"ref": "https://github.com/ggml-org/llama.cpp/pull/24404", "date": "2026-06-10"}
+    raw["vector_only"] = [{"families": ["Xe-HGP"], "sources": [ref]}]
+    (tmp_path / "stacks.yaml").write_text(yaml.safe_dump([raw]))
+    with pytest.raises(CatalogError) as exc:
+        load_catalog(tmp_path)
+    assert exc.value.field == "vector_only.0.families" and "'Xe-HGP'" in str(exc.value)
 
 
 @pytest.mark.parametrize(("text", "words"), [

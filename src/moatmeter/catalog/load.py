@@ -195,13 +195,14 @@ def _check_families(cat: Catalog) -> None:
     """Every family a stack names must be a known one: a typo would silently drop support."""
     known = set(FAMILIES) | {a.family for a in cat.accelerators.values()}
     for sid, st in cat.stacks.items():
-        for i, hw in enumerate(st.hardware):
-            for fam in hw.families:
+        named = [(f"hardware.{i}.families", hw.families) for i, hw in enumerate(st.hardware)]
+        named += [(f"vector_only.{i}.families", v.families) for i, v in enumerate(st.vector_only)]
+        for where, fams in named:
+            for fam in fams:
                 if fam not in known:
                     raise CatalogError(
                         f"unknown family '{fam}' (known: {', '.join(sorted(known))})",
-                        file=cat.origin.get(("stacks", sid)), entry=sid,
-                        field=f"hardware.{i}.families")
+                        file=cat.origin.get(("stacks", sid)), entry=sid, field=where)
 
 
 def resolve_user_dir(user_dir: str | Path | None) -> Path | None:
