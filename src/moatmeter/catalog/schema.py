@@ -142,19 +142,20 @@ class Support(Strict):
         return {True: "yes", False: "no"}.get(v, v) if isinstance(v, bool) else v
 
 
-class HardwareSupport(Strict):
+class FamilyClaim(Strict):
+    """A statement about some accelerator families, with its sources."""
+
     families: Annotated[list[str], Field(min_length=1)]
+    sources: Sources
+    note: str = ""
+
+
+class HardwareSupport(FamilyClaim):
     level: HardwareLevel
-    sources: Sources
-    note: str = ""
 
 
-class VectorOnly(Strict):
+class VectorOnly(FamilyClaim):
     """Families on which a stack has no matrix-unit (tensor/XMX core) path for its GEMMs."""
-
-    families: Annotated[list[str], Field(min_length=1)]
-    sources: Sources
-    note: str = ""
 
 
 class Stack(Entry):
