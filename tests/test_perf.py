@@ -445,6 +445,43 @@ def test_finite_offline_run_is_one_lock_step_wave():
     assert rps == pytest.approx(b / wave, rel=1e-6)
 
 
+def test_lock_step_slots_wait_for_the_whole_wave_prefill():
+    """B fixed-length slots that start and end together: TTFT is most of the wave's prefill."""
+    from moatmeter.perf.observations import lockstep
+
+    n = 3
+    s = _inputs(n, 3.35e12, 1e15, 8.0, tp=1.0)
+    b, inp, out = np.array([1.0, 8.0, 64.0]), np.full(n, 1868.0), np.full(n, 2048.0)
+    rps, ttft, tpot = lockstep(s, b, inp, out)
+    pf = prefill_time(s, inp, b).total
+    dec = decode_step(s, b, inp + out / 2.0).total
+    assert ttft == pytest.approx(pf * (b + 1.0) / (2.0 * b), rel=1e-9)
+    assert tpot == pytest.approx(dec, rel=1e-9)
+    assert rps == pytest.approx(b / (pf + (out - 1.0) * dec), rel=1e-9)
+    # one slot is a single stream; many slots wait far longer than one staggered prompt would
+    steady = closed_loop(s, b, inp, out)
+    assert ttft[0] == pytest.approx(pf[0], rel=1e-9)
+    assert ttft[2] > 10.0 * steady.ttft_mean[2]
+    # the same work is done either way: throughput stays within a few per cent of the mean field
+    assert rps[1:] == pytest.approx(steady.rate_rps[1:], rel=0.1)
+
+
+def test_lock_step_protocols_are_recognised_in_the_notes():
+    from moatmeter.perf.validate import validate_rows
+
+    base = {"id": "g64", "source": "test", "accelerator": "Intel Gaudi 3", "count": "1",
+            "engine": "vLLM", "backend": "HPU", "engine_version": "", "kv_dtype": "",
+            "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "bf16",
+            "scenario": "fixed_concurrency", "concurrency": "64", "input_len": "1868",
+            "output_len": "2048", "metric": "ttft_ms", "value": "1800", "notes": "TP1"}
+    rows = [base] + [{**base, "id": f"g64-{k}", "notes": f"TP1; {note}"} for k, note in (
+        ("ls", "all 64 slots run in lock-step waves"), ("sb", "static batch via gptSession"),
+        ("lat", "vLLM benchmark_latency.py, one batch"))]
+    pred = {r["id"]: r["predicted"] for r in validate_rows(CAT, rows)["rows"]}
+    for k in ("ls", "sb", "lat"):
+        assert pred[f"g64-{k}"] > 10.0 * pred["g64"]
+
+
 def test_stated_static_batch_is_not_capped_at_the_default():
     from moatmeter.perf.validate import validate_rows
 
