@@ -482,6 +482,24 @@ def test_lock_step_protocols_are_recognised_in_the_notes():
         assert pred[f"g64-{k}"] > 10.0 * pred["g64"]
 
 
+def test_sglang_servers_run_more_than_vllms_256_sequences():
+    """SGLang's request pool holds at least 2048 requests: its bursts are bound by the KV pool."""
+    from moatmeter.perf.observations import map_rows, prepare
+
+    base = {"id": "v", "source": "test", "accelerator": "NVIDIA H200 SXM 141GB", "count": "4",
+            "engine": "vLLM", "backend": "CUDA", "engine_version": "", "kv_dtype": "",
+            "model": "meta-llama/Llama-3.3-70B-Instruct", "weight_dtype": "bf16",
+            "scenario": "fixed_concurrency", "concurrency": "3000", "input_len": "508",
+            "output_len": "515", "metric": "output_tokens_per_s", "value": "4500",
+            "notes": "TP4; burst: all 3000 prompts sent at once; longest_output=1024"}
+    obs, skipped = map_rows(CAT, [base, {**base, "id": "s", "engine": "SGLang"}])
+    assert not skipped
+    p, _ = prepare(CAT, obs)
+    bcap = dict(zip([o.id for o in p.obs], p.res.bcap, strict=True))
+    assert bcap["v"] == 256
+    assert 1000 < bcap["s"] <= 2048  # the 4x H200 KV pool holds ~1200 such sequences
+
+
 def test_stated_static_batch_is_not_capped_at_the_default():
     from moatmeter.perf.validate import validate_rows
 

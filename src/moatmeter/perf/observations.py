@@ -72,6 +72,10 @@ EXCLUDED = re.compile(r"excluded from calibration:\s*([^;|]+)", re.IGNORECASE)
 # this caps that batch where the row states no concurrency. TensorRT-LLM's perf-overview runs
 # declare CUDA-graph batch sizes up to 8192; for other engines 1024 is an estimate.
 OFFLINE_MAX_BATCH = {"tensorrt-llm": 8192.0}
+# A default-configured server's cap on running requests, where it differs from vLLM's 256
+# max_num_seqs: SGLang sizes its request pool as max_total_tokens / context_len · 512 clamped to
+# [2048, 4096] (model_runner.py), so the KV pool, not a request count, binds first.
+SERVER_MAX_BATCH = {"sglang": 2048.0}
 OFFLINE_MAX_BATCH_DEFAULT = 1024.0
 
 
@@ -343,9 +347,11 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
     # served by a default-configured server and keep the default cap.
     burst_row = ~np.isnan(np.array([o.burst_cap for o in obs], dtype=float))
     stated = np.nan_to_num(col["concurrency"].astype(float) / col["replicas"].astype(float))
+    srv = np.array([SERVER_MAX_BATCH.get(o.engine.lower(), float(DEFAULT_MAX_BATCH))
+                    for o in obs])
     mb = np.where(scen == "offline", off,
                   np.where((scen == "fixed_concurrency") & ~burst_row,
-                           np.maximum(DEFAULT_MAX_BATCH, stated), DEFAULT_MAX_BATCH))
+                           np.maximum(srv, stated), srv))
     res = resolve(cat, accelerator=col["accelerator"], stack=col["stack"], model=col["model"],
                   tp=col["tp"], pp=col["pp"], weight_dtype=col["weight_dtype"],
                   kv_dtype=col["kv_dtype"], context=ctx, max_batch=mb, calib=calib,
