@@ -402,15 +402,20 @@ def test_burst_with_variable_outputs_is_slower_than_steady_concurrency():
     assert np.all(np.diff(ttft_b) > 0)
 
 
+def _obs_row(**kw: str) -> dict[str, str]:
+    """An observations.csv row (8x MI300X, vLLM, 405B bf16, 16 slots), fields overridden."""
+    row = {"id": "r", "source": "test", "accelerator": "AMD Instinct MI300X", "count": "8",
+           "engine": "vLLM", "backend": "ROCm", "engine_version": "", "kv_dtype": "",
+           "model": "meta-llama/Llama-3.1-405B-Instruct", "weight_dtype": "bf16",
+           "scenario": "fixed_concurrency", "concurrency": "16", "input_len": "80",
+           "output_len": "58", "metric": "output_tokens_per_s", "value": "100", "notes": "TP8"}
+    return {**row, **kw}
+
+
 def test_burst_rows_are_parsed_and_predicted_as_bursts():
     from moatmeter.perf.validate import validate_rows
 
-    base = {"id": "b16", "source": "test", "accelerator": "AMD Instinct MI300X", "count": "8",
-            "engine": "vLLM", "backend": "ROCm", "engine_version": "", "kv_dtype": "",
-            "model": "meta-llama/Llama-3.1-405B-Instruct", "weight_dtype": "bf16",
-            "scenario": "fixed_concurrency", "concurrency": "16", "input_len": "80",
-            "output_len": "58", "metric": "output_tokens_per_s", "value": "100",
-            "notes": "TP8"}
+    base = _obs_row(id="b16")
     burst_row = {**base, "id": "b16-burst",
                  "notes": "TP8; burst: all 16 prompts sent at once; output cap max_tokens=150"}
     out = validate_rows(CAT, [base, burst_row])
@@ -423,12 +428,8 @@ def test_finite_offline_run_is_one_lock_step_wave():
     from moatmeter.perf.step import decode_step, prefill_time
     from moatmeter.perf.validate import validate_rows
 
-    base = {"id": "off16", "source": "test", "accelerator": "AMD Instinct MI300X", "count": "8",
-            "engine": "vLLM", "backend": "ROCm", "engine_version": "", "kv_dtype": "",
-            "model": "meta-llama/Llama-3.1-405B-Instruct", "weight_dtype": "fp8",
-            "scenario": "offline", "concurrency": "16", "input_len": "32784",
-            "output_len": "2048", "metric": "total_tokens_per_s", "value": "600",
-            "notes": "TP8"}
+    base = _obs_row(id="off16", weight_dtype="fp8", scenario="offline", input_len="32784",
+                    output_len="2048", metric="total_tokens_per_s", value="600")
     fin = {**base, "id": "off16-once",
            "notes": "TP8; --num-prompts=16 fixed-length prompts submitted at once"}
     pred = {r["id"]: r["predicted"] for r in validate_rows(CAT, [base, fin])["rows"]}
@@ -469,11 +470,9 @@ def test_lock_step_slots_wait_for_the_whole_wave_prefill():
 def test_lock_step_protocols_are_recognised_in_the_notes():
     from moatmeter.perf.validate import validate_rows
 
-    base = {"id": "g64", "source": "test", "accelerator": "Intel Gaudi 3", "count": "1",
-            "engine": "vLLM", "backend": "HPU", "engine_version": "", "kv_dtype": "",
-            "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "bf16",
-            "scenario": "fixed_concurrency", "concurrency": "64", "input_len": "1868",
-            "output_len": "2048", "metric": "ttft_ms", "value": "1800", "notes": "TP1"}
+    base = _obs_row(id="g64", accelerator="Intel Gaudi 3", count="1", backend="HPU",
+                    model="meta-llama/Llama-3.1-8B-Instruct", concurrency="64", input_len="1868",
+                    output_len="2048", metric="ttft_ms", value="1800", notes="TP1")
     rows = [base] + [{**base, "id": f"g64-{k}", "notes": f"TP1; {note}"} for k, note in (
         ("ls", "all 64 slots run in lock-step waves"), ("sb", "static batch via gptSession"),
         ("lat", "vLLM benchmark_latency.py, one batch"))]
@@ -486,12 +485,10 @@ def test_sglang_servers_run_more_than_vllms_256_sequences():
     """SGLang's request pool holds at least 2048 requests: its bursts are bound by the KV pool."""
     from moatmeter.perf.observations import map_rows, prepare
 
-    base = {"id": "v", "source": "test", "accelerator": "NVIDIA H200 SXM 141GB", "count": "4",
-            "engine": "vLLM", "backend": "CUDA", "engine_version": "", "kv_dtype": "",
-            "model": "meta-llama/Llama-3.3-70B-Instruct", "weight_dtype": "bf16",
-            "scenario": "fixed_concurrency", "concurrency": "3000", "input_len": "508",
-            "output_len": "515", "metric": "output_tokens_per_s", "value": "4500",
-            "notes": "TP4; burst: all 3000 prompts sent at once; longest_output=1024"}
+    base = _obs_row(id="v", accelerator="NVIDIA H200 SXM 141GB", count="4", backend="CUDA",
+                    model="meta-llama/Llama-3.3-70B-Instruct", concurrency="3000",
+                    input_len="508", output_len="515", value="4500",
+                    notes="TP4; burst: all 3000 prompts sent at once; longest_output=1024")
     obs, skipped = map_rows(CAT, [base, {**base, "id": "s", "engine": "SGLang"}])
     assert not skipped
     p, _ = prepare(CAT, obs)
