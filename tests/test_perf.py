@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -239,7 +240,8 @@ def _inputs(n: int, bw: float, peak: float, params_b: float, tp: float = 1.0) ->
                       overhead=2e-3 * one, w_dense=params_b * 2e9 * one, w_expert=0 * one,
                       n_experts=0 * one, topk=0 * one, moe_layers=0 * one,
                       kv_tok=131072.0 * one, flops_tok=2 * params_b * 1e9 * one,
-                      attn=32 * 32 * 128.0 * one, hidden=4096.0 * one, layers=32.0 * one)
+                      attn=32 * 32 * 128.0 * one, hidden=4096.0 * one, layers=32.0 * one,
+                      act_tok=2.0 * 32 * (8 * 4096 * tp + 3 * 14336 + 2 * 4096) * one)
 
 
 bws = st.floats(1e11, 1e13)
@@ -444,6 +446,29 @@ def test_finite_offline_run_is_one_lock_step_wave():
     rps, _, _ = burst(s, b, np.full(n, 256.0), inp, out, out)
     wave = prefill_time(s, inp, b).total + (out - 1.0) * decode_step(s, b, inp + out / 2).total
     assert rps == pytest.approx(b / wave, rel=1e-6)
+
+
+def test_activation_traffic_per_token_by_hand():
+    """Llama 3.1 8B: 32 layers x (8 hidden + 3 intermediate + 2 query-width tensors) x 2 bytes."""
+    r = resolve(CAT, accelerator=np.array(["h100-sxm", "h100-sxm"]), stack="vllm-cuda",
+                model="llama-3.1-8b", tp=np.array([1.0, 2.0]), pp=1.0, weight_dtype="bf16",
+                kv_dtype="bf16", context=2048.0)
+    per_tensor = 2.0 * 32
+    tp1 = per_tensor * (8 * 4096 + 3 * 14336 + 2 * 4096)
+    assert r.s.act_tok[0] == pytest.approx(tp1, rel=1e-3)  # ~5.4 MB per token
+    # TP2: the hidden-size tensors are whole on both ranks, the rest is split between them
+    assert r.s.act_tok[1] == pytest.approx(tp1 + per_tensor * 8 * 4096, rel=1e-3)
+    # a lone decode hardly notices it; 4096 tokens in a step move ~22 GB, more than the weights
+    one = r.s.take(np.array([0]))
+    with_act = decode_step(one, np.array([1.0]), np.array([2048.0])).total
+    without = decode_step(replace(one, act_tok=np.zeros(1)), np.array([1.0]),
+                          np.array([2048.0])).total
+    assert with_act == pytest.approx(without, rel=0.01)
+    big = decode_step(one, np.array([4096.0]), np.array([2048.0])).bytes_per_device
+    big0 = decode_step(replace(one, act_tok=np.zeros(1)), np.array([4096.0]),
+                       np.array([2048.0])).bytes_per_device
+    assert big - big0 == pytest.approx(4096 * r.s.act_tok[0], rel=1e-9)
+    assert big - big0 > 16.06e9  # the bf16 weights
 
 
 def test_lock_step_slots_wait_for_the_whole_wave_prefill():

@@ -40,6 +40,16 @@ LAT_PCIE = 25e-6
 # 0.8 on them did not help (19.1/56.0 %).
 LINK_EFF_PCIE = 0.45
 PCIE_FALLBACK_GBS = 64.0  # PCIe Gen4 x16 bidirectional where a device states no scale-up figure
+# Activation reads and writes per layer and token between fused kernels, counted in tensors of
+# the hidden size (norm in and out, residual, attention output, MLP in and out), of the MLP's
+# active intermediate size (gate/up out, activation, down in) and of the query width (estimates;
+# an unfused pipeline moves about twice as much: 16 / 6 / 4). Chosen by leave-one-source-out CV
+# among 4/1.5/1, 8/3/2 and 16/6/4 (median / p90 APE 15.9 / 47.9, 15.7 / 47.4, 15.6 / 49.1 %;
+# none: 16.0 / 47.7 %).
+ACT_RW_HIDDEN = 8.0
+ACT_RW_INTER = 3.0
+ACT_RW_ATTN = 2.0
+ACT_BYTES_PER_ELEM = 2.0  # 16-bit activations
 DEFAULT_MAX_BATCH = 256  # vLLM's default max_num_seqs
 # Memory an engine keeps for itself (fraction of device memory, fixed GiB). vLLM and its kin
 # pre-allocate to gpu_memory_utilization = 0.9 by default (vLLM engine arguments docs); llama.cpp
@@ -345,11 +355,19 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     cdt = cdt_u[ck_i]
     dnote = note_u[ck_i]
 
+    # activation traffic per token: hidden-size tensors are whole on every TP rank, the MLP's
+    # intermediate and the attention heads are split across the ranks
+    mlp_per_layer = mcol(lambda a: max(a.active_compute_params - a.attention_params
+                                       - a.vocab * a.hidden, 0.0) / max(a.layers, 1))
+    inter_act = mlp_per_layer / (3.0 * np.maximum(hidden, 1.0))  # gate, up and down matrices
+    q_width = mcol(lambda a: a.heads * a.head_dim)
+    act_tok = ACT_BYTES_PER_ELEM * layers * (ACT_RW_HIDDEN * hidden * tp + ACT_RW_INTER * inter_act
+                                             + ACT_RW_ATTN * q_width)
     s = StepInputs(peak=np.maximum(peak, 1.0), bw=bw, link_bw=link_bw, link_lat=link_lat,
                    tp=tp, pp=pp, eff_c=eff_r[:, 0], eff_m=eff_r[:, 1], overhead=eff_r[:, 2],
                    w_dense=w_dense + w_attn_extra, w_expert=w_expert, n_experts=n_exp, topk=topk,
                    moe_layers=moe_layers, kv_tok=kv_tok, flops_tok=flops_tok, attn=attn,
-                   hidden=hidden, layers=layers)
+                   hidden=hidden, layers=layers, act_tok=act_tok)
     return Resolved(s=s, feasible=feasible, reason=list(reasons), devices=devices,
                     weights_per_device=w_dev, device_bytes=mem_gb * mem.GIB,
                     usable_per_device=usable, kv_pool=pool,

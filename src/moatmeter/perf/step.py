@@ -11,6 +11,9 @@ and compute imperfectly, so near the ridge point the time is higher than either 
   B tokens touch (E·(1 − (1 − k/E)^B) per MoE layer: each token picks k of E experts), and B·c KV
   entries; FLOPs are 2·P_active per token (LM head included) plus 4·layers·heads·head_dim·c for
   attention.
+- Every token also moves its activations through DRAM between kernels (``act_tok`` bytes over
+  the replica, from ``deploy.ACT_RW_*``): negligible beside the weights at small batch, a real
+  share of a step at thousands of tokens (a small MoE model at large batch, say).
 - Attention FLOPs run at ``ATTN_EFF`` of the GEMMs' compute efficiency: fused attention kernels
   reach a lower fraction of peak than large dense GEMMs (FlashAttention-2, Dao 2023, reports
   50-73 % of A100 peak for its forward pass).
@@ -72,6 +75,7 @@ class StepInputs:
     attn: np.ndarray  # layers · heads · head_dim (attention FLOPs scale)
     hidden: np.ndarray
     layers: np.ndarray
+    act_tok: np.ndarray  # activation bytes per token read and written in DRAM, over the replica
     _k: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -156,7 +160,7 @@ def decode_step(s: StepInputs, batch: np.ndarray, context: np.ndarray,
     tokens = b + x
     bctx = b * context
     # weights read once, KV read for the decodes and written for the prompt tokens
-    t_m = (_weights_read(s, tokens) + (bctx + x) * s.kv_tok) * k["inv_bw"]
+    t_m = (_weights_read(s, tokens) + (bctx + x) * s.kv_tok + tokens * s.act_tok) * k["inv_bw"]
     t_c = (tokens * s.flops_tok + k["attn4"] * (bctx + x * prefill_context)) * k["inv_pk"]
     stage = smooth_max(t_m, t_c)
     comm = k["comm_a"] + k["comm_b"] * tokens
@@ -172,7 +176,7 @@ def prefill_time(s: StepInputs, prompt: np.ndarray | float, n_prompts: np.ndarra
     n = np.asarray(n_prompts, float)
     T = L * n
     devs = s.tp * s.pp
-    bytes_dev = (_weights_read(s, T) + T * s.kv_tok) / devs
+    bytes_dev = (_weights_read(s, T) + T * (s.kv_tok + s.act_tok)) / devs
     flops_dev = (T * s.flops_tok + 2.0 * s.attn * n * L * L / ATTN_EFF) / devs
     t_m = bytes_dev / (s.bw * s.eff_m)
     t_c = flops_dev / (s.peak * s.eff_c)
