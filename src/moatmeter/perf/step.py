@@ -26,7 +26,8 @@ and compute imperfectly, so near the ridge point the time is higher than either 
 - The engine's per-step overhead (scheduling, sampling, kernel launches) is added once. The
   calibrated figure is for a 32-layer model; a share ``OVERHEAD_LAYER_SHARE`` of it (kernel
   launches, per-layer synchronisation) scales with the layer count, the rest (scheduler,
-  sampler) does not — so 14 ms fitted on a 126-layer 405B model is not charged in full to an 8B.
+  sampler) would not — so 14 ms fitted on a 126-layer 405B model is not charged in full to an 8B.
+  Cross-validation currently puts the whole of it per layer (share 1.0).
 - Speculative decoding verifies k drafted tokens per step; with per-token acceptance a the step
   yields (1 − a^(k+1)) / (1 − a) tokens.
 """
