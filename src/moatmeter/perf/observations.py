@@ -72,11 +72,11 @@ EXCLUDED = re.compile(r"excluded from calibration:\s*([^;|]+)", re.IGNORECASE)
 # this caps that batch where the row states no concurrency. TensorRT-LLM's perf-overview runs
 # declare CUDA-graph batch sizes up to 8192; for other engines 1024 is an estimate.
 OFFLINE_MAX_BATCH = {"tensorrt-llm": 8192.0}
+OFFLINE_MAX_BATCH_DEFAULT = 1024.0
 # A default-configured server's cap on running requests, where it differs from vLLM's 256
 # max_num_seqs: SGLang sizes its request pool as max_total_tokens / context_len · 512 clamped to
 # [2048, 4096] (model_runner.py), so the KV pool, not a request count, binds first.
 SERVER_MAX_BATCH = {"sglang": 2048.0}
-OFFLINE_MAX_BATCH_DEFAULT = 1024.0
 
 
 def arch_class(a: ModelArch) -> str:
@@ -143,12 +143,12 @@ class Obs:
     lockstep: bool = False  # fixed-length closed loop whose slots start and end together
 
 
-# attention data parallel across the TP group: TensorRT-LLM "DEP4" / enable_attention_dp, SGLang
-# --enable-dp-attention
 # B slots that start and end together: a stated lock-step run, a static batch (TensorRT-LLM
 # gptSession), one vLLM benchmark_latency batch
 LOCKSTEP = re.compile(r"\block-step\b|\bstatic batch\b|benchmark_latency"
                       r"|end-to-end time of one batch")
+# attention data parallel across the TP group: TensorRT-LLM "DEP4" / enable_attention_dp, SGLang
+# --enable-dp-attention
 DP_ATTENTION = re.compile(r"\bDEP\d|enable[-_]dp[-_]attention|enable_attention_dp")
 
 
@@ -470,9 +470,8 @@ def lockstep(s: Any, b: np.ndarray, inp: np.ndarray, out: np.ndarray
     with no prompt in between.
     """
     b = np.maximum(b, 1.0)
-    pf = prefill_time(s, inp, b).total
-    step = decode_step(s, b, inp + out / 2.0).total
-    return b / (pf + np.maximum(out - 1.0, 0.0) * step), pf * (b + 1.0) / (2.0 * b), step
+    rps, pf, step = burst(s, b, b, inp, out, out)  # one wave: every output as long as the longest
+    return rps, pf * (b + 1.0) / (2.0 * b), step
 
 
 def rows_keys(p: Prepared) -> list[dict[str, str]]:
