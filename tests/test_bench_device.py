@@ -276,6 +276,23 @@ def test_time_fn_warms_up_flushes_and_bounds_repetitions() -> None:
     assert 1 <= calls.count("fn") <= 10
 
 
+def test_flusher_reads_the_buffer_and_graphs_are_cuda_only() -> None:
+    """A flush must not dirty the cache (write-backs would slow the timed kernel) and must touch
+    more than the last-level cache; graph capture is a CUDA/ROCm feature, eager elsewhere."""
+    import torch
+
+    from moatmeter.bench.kernels.timing import Flusher, graphed
+
+    fl = Flusher(torch.device("cpu"), llc_bytes=48 << 20, floor=16 << 20)
+    assert fl.buf.numel() * 4 == 96 << 20
+    fl.buf[::4096] = 2.0
+    before = fl.buf.clone()
+    fl()
+    assert torch.equal(fl.buf, before)  # read, not written
+    assert fl.sink.item() == before.sum().item()
+    assert graphed(lambda: None, torch.device("cpu")) is None
+
+
 def test_progress_total_matches_steps(catalog) -> None:
     seen: list[tuple[str, int]] = []
     rep = D.run_benchmark(catalog, quick=True, accelerator=CPU_ID, suites=["bandwidth"],

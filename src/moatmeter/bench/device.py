@@ -453,6 +453,21 @@ def _cpu_llc_bytes() -> int:
     return best
 
 
+def _nvml_driver() -> str:
+    """The driver release through NVML, for VMs and containers that hide /proc/driver/nvidia."""
+    try:
+        import pynvml  # nvidia-ml-py: installed beside most CUDA builds of PyTorch
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return f"NVIDIA {version.decode() if isinstance(version, bytes) else version}"
+    except Exception:
+        return "NVIDIA (version not exposed)"
+
+
 def _meminfo() -> tuple[int, int]:
     vals: dict[str, int] = {}
     for line in _read("/proc/meminfo").splitlines():
@@ -584,7 +599,7 @@ def detect(device: str | None = None) -> DeviceInfo:
         else:
             runtime = f"CUDA {torch.version.cuda}"
             m = re.search(r"Kernel Module\s+([\d.]+)", _read("/proc/driver/nvidia/version"))
-            driver = f"NVIDIA {m[1]}" if m else "NVIDIA (version not exposed)"
+            driver = f"NVIDIA {m[1]}" if m else _nvml_driver()
             fp8 = (p.major, p.minor) >= (8, 9)
         name = p.name
         vendor = "amd" if hip else "nvidia"
@@ -649,11 +664,21 @@ class _Ctx:
     quick: bool
     flush: Any
     tick: Callable[[str], None]
+    graphed: int = 0
+    eager: list[str] = field(default_factory=list)
 
     def time(self, fn: Callable[[], Any], *, flush: bool = True,
-             warm: Callable[[], Any] | None = None) -> float:
-        from moatmeter.bench.kernels.timing import time_fn
+             warm: Callable[[], Any] | None = None, what: str = "", graph: bool = True) -> float:
+        """Kernels on CUDA/ROCm are timed as graph replays; the rest (and failures) eagerly."""
+        from moatmeter.bench.kernels.timing import graphed, time_fn
 
+        if graph and self.dev.type == "cuda":
+            replay = graphed(fn, self.dev)
+            if replay is None:
+                self.eager.append(what or "a kernel")
+            else:
+                fn, warm = replay, None
+                self.graphed += 1
         fl = self.flush if flush else None
         if self.quick:
             return time_fn(fn, self.dev, flush=fl, warm=warm, min_reps=2, max_reps=20,
@@ -679,11 +704,15 @@ def _gemms(ctx: _Ctx, plan: Plan, triton_ok: bool) -> list[Result]:
     torch = ctx.torch
     out: list[Result] = []
     lib = f"torch.matmul ({ctx.info.vendor_library})"
+    fp8_done: set[tuple[int, int, int]] = set()
     for dt in plan.dtypes:
         for g in plan.gemms:
             ctx.tick(f"GEMM {dt} {g.op} {g.phase} M={g.m}")
             if dt == "fp8":
-                out += _fp8_gemm(ctx, g)
+                padded = (max(16, g.m), g.n, g.k)  # M=1 and M=8 both run as M=16: time it once
+                if padded not in fp8_done:
+                    fp8_done.add(padded)
+                    out += _fp8_gemm(ctx, g)
                 continue
             td = _tdtype(torch, dt)
             x = _rand(torch, (g.m, g.k), td, ctx.dev)
@@ -695,7 +724,8 @@ def _gemms(ctx: _Ctx, plan: Plan, triton_ok: bool) -> list[Result]:
             few = x[: min(g.m, 16)]
             warm = (lambda few=few, wt=wt: torch.matmul(few, wt)) if (
                 ctx.quick and ctx.info.backend == "cpu") else None
-            secs = ctx.time(lambda x=x, wt=wt, y=y: torch.matmul(x, wt, out=y), warm=warm)
+            secs = ctx.time(lambda x=x, wt=wt, y=y: torch.matmul(x, wt, out=y), warm=warm,
+                            what=f"{lib} {dt} {g.shape}")
             out.append(compute_result("gemm", lib, "vendor", g.op, dt, g.phase, g.shape, g.flops,
                                       g.bytes(dt), secs, ctx.acc))
             if triton_ok:
@@ -704,7 +734,8 @@ def _gemms(ctx: _Ctx, plan: Plan, triton_ok: bool) -> list[Result]:
                 y2 = torch.empty_like(y)
                 tg.matmul(x, wt, out=y2)  # autotunes once per shape bucket
                 err = (y2.float() - y.float()).abs().max().item()
-                secs = ctx.time(lambda x=x, wt=wt, y2=y2: tg.matmul(x, wt, out=y2))
+                secs = ctx.time(lambda x=x, wt=wt, y2=y2: tg.matmul(x, wt, out=y2),
+                                what=f"triton GEMM {dt} {g.shape}")
                 out.append(compute_result("gemm", "triton", "triton", g.op, dt, g.phase, g.shape,
                                           g.flops, g.bytes(dt), secs, ctx.acc,
                                           note=f"max |diff| vs torch {err:.3g}"))
@@ -724,7 +755,7 @@ def _fp8_gemm(ctx: _Ctx, g: GemmCase) -> list[Result]:
         one = torch.ones((), device=ctx.dev)
         fn = lambda: torch._scaled_mm(x, w.t(), scale_a=one, scale_b=one,  # noqa: E731
                                       out_dtype=torch.bfloat16)
-        secs = ctx.time(fn)
+        secs = ctx.time(fn, what=f"fp8 GEMM {g.shape}")
     except Exception as exc:
         return [Result("gemm", "torch._scaled_mm", "vendor", g.op, "fp8", g.phase, g.shape, None,
                        None, None, "", None, "", None, None,
@@ -755,7 +786,7 @@ def _attention(ctx: _Ctx, plan: Plan, triton_ok: bool) -> list[Result]:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
 
             ref = sdpa()
-            secs = ctx.time(sdpa)
+            secs = ctx.time(sdpa, what=f"SDPA {dt} {a.shape}")
             out.append(compute_result("attention", "torch SDPA", "vendor", "attention", dt,
                                       a.phase, a.shape, a.flops, a.bytes(dt), secs, ctx.acc))
             if triton_ok:
@@ -765,7 +796,7 @@ def _attention(ctx: _Ctx, plan: Plan, triton_ok: bool) -> list[Result]:
                     return flash_attention(q, k, v, causal=causal)
 
                 err = (fa().float() - ref.float()).abs().max().item()
-                secs = ctx.time(fa)
+                secs = ctx.time(fa, what=f"triton attention {dt} {a.shape}")
                 out.append(compute_result("attention", "triton flash-attention", "triton",
                                           "attention", dt, a.phase, a.shape, a.flops,
                                           a.bytes(dt), secs, ctx.acc,
@@ -805,11 +836,11 @@ def _transfers(ctx: _Ctx, plan: Plan) -> list[Result]:
     out: list[Result] = []
     note = "catalog has no host-link peak"
     ctx.tick("host to device")
-    secs = ctx.time(lambda: devbuf.copy_(host, non_blocking=pin), flush=False)
+    secs = ctx.time(lambda: devbuf.copy_(host, non_blocking=pin), flush=False, graph=False)
     out.append(bandwidth_result("h2d", "tensor.copy_", n * 4.0, secs, None, "transfer", shape,
                                 note))
     ctx.tick("device to host")
-    secs = ctx.time(lambda: host.copy_(devbuf, non_blocking=pin), flush=False)
+    secs = ctx.time(lambda: host.copy_(devbuf, non_blocking=pin), flush=False, graph=False)
     out.append(bandwidth_result("d2h", "tensor.copy_", n * 4.0, secs, None, "transfer", shape,
                                 note))
     if ctx.info.count >= 2 and ctx.dev.type in ("cuda", "xpu"):
@@ -822,7 +853,7 @@ def _transfers(ctx: _Ctx, plan: Plan) -> list[Result]:
             peer.copy_(devbuf)
             synchronize(other)
 
-        secs = ctx.time(p2p, flush=False)
+        secs = ctx.time(p2p, flush=False, graph=False)
         peak = ctx.acc.scaleup_gbs / 2 if ctx.acc.scaleup_gbs else None
         out.append(bandwidth_result("p2p", f"copy {ctx.dev}->{other}", n * 4.0, secs, peak,
                                     "p2p", shape, "peak = half the bidirectional scale-up figure"))
@@ -963,6 +994,12 @@ def run_benchmark(catalog: Catalog, *, device: str | None = None, accelerator: s
             rows, note = _triton_check(quick)
             results += rows
             notes.append(note)
+    if ctx.graphed:
+        notes.append(f"{ctx.graphed} kernel(s) timed as {info.backend.upper()} graph replays, as "
+                     "serving engines run decode: host launch cost is not counted")
+    if ctx.eager:
+        notes.append(f"{len(ctx.eager)} kernel(s) could not be captured in a graph and were timed "
+                     f"eagerly (host launch cost included): {'; '.join(ctx.eager[:5])}")
     del flush, ctx
     from moatmeter.bench.device_store import new_run_id
 

@@ -40,18 +40,46 @@ def _event_pair(device: torch.device) -> tuple[Any, Any] | None:
 
 
 class Flusher:
-    """Writes a buffer larger than the last-level cache between repetitions.
+    """Reads a buffer larger than the last-level cache between repetitions.
 
     Without it a weight matrix that fits in L2 (GPU) or L3 (CPU) is read from cache on every
-    repetition after the first and "bandwidth" exceeds the datasheet.
+    repetition after the first and "bandwidth" exceeds the datasheet. It reads rather than
+    writes: a written buffer leaves the cache full of dirty lines whose write-back then competes
+    with the timed kernel's reads (on an H100 that halved a 50 MB GEMV's measured bandwidth).
     """
 
     def __init__(self, device: torch.device, llc_bytes: int, *, floor: int = 64 << 20) -> None:
         size = max(2 * llc_bytes, floor)
-        self.buf = torch.empty(size // 4, dtype=torch.float32, device=device)
+        self.buf = torch.ones(size // 4, dtype=torch.float32, device=device)
+        self.sink = torch.empty((), dtype=torch.float32, device=device)
 
     def __call__(self) -> None:
-        self.buf.zero_()
+        torch.sum(self.buf, dim=0, out=self.sink)
+
+
+def graphed(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any] | None:
+    """``fn`` captured once into a CUDA/HIP graph, as its replay; None where that cannot be done.
+
+    Serving engines run decode steps as graphs, so host launch cost (large for Triton's Python
+    launcher, small for cuBLAS) is not part of the kernel's time there; eager event timing of a
+    20 µs kernel would count it whenever the host falls behind the device.
+    """
+    if device.type != "cuda":
+        return None
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            fn()  # libraries allocate workspaces and pick kernels before capture
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        synchronize(device)
+    except Exception:  # capture unsupported by this kernel or runtime: time it eagerly
+        synchronize(device)
+        return None
+    return graph.replay
 
 
 def time_fn(fn: Callable[[], Any], device: torch.device, *, flush: Callable[[], None] | None = None,
