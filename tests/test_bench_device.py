@@ -43,7 +43,9 @@ def catalog():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     db = tmp_path_factory.mktemp("dev") / "runs.db"
-    proc = cli("bench", "device", "--quick", "--json", "--accelerator", CPU_ID, "--db", str(db))
+    # --device cpu: on a machine with a GPU, auto would measure the GPU against a CPU datasheet
+    proc = cli("bench", "device", "--quick", "--json", "--accelerator", CPU_ID, "--device", "cpu",
+               "--db", str(db))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout), db
 
@@ -104,10 +106,10 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
     junk.write_text("not a database, just text " * 100)
     cases = {
         "unknown accelerator": (["--accelerator", "h999-xl"], "unknown accelerator id 'h999-xl'"),
-        "absent device": (["--accelerator", CPU_ID, "--device", "cuda:3"],
-                          "--device cuda:3: device not available"),
-        "shape too big": (["--accelerator", CPU_ID, "--gemm", "200000x200000x200000"],
-                          "--gemm 200000x200000x200000 needs"),
+        "absent device": (["--accelerator", CPU_ID, "--device", "cuda:99"],
+                          "--device cuda:99: device not available"),
+        "shape too big": (["--accelerator", CPU_ID, "--device", "cpu", "--gemm",
+                           "200000x200000x200000"], "--gemm 200000x200000x200000 needs"),
         "store is a dir": (["--accelerator", CPU_ID, "--db", str(tmp_path)], "is a directory"),
         "store not sqlite": (["--accelerator", CPU_ID, "--db", str(junk)], "not a usable SQLite"),
     }
@@ -129,7 +131,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"accelerator": "h100-sxm"}, "is a gpu but the measured device cpu"),
     ({"accelerator": CPU_ID, "dtypes": "fp8"}, "fp8 GEMM needs an fp8-capable GPU"),
-    ({"accelerator": CPU_ID, "device": "cuda"}, "device not available"),
+    ({"accelerator": CPU_ID, "device": "cuda:99"}, "device not available"),
     ({"accelerator": CPU_ID, "device": "tpu:0"}, "is not a device|unsupported device type"),
     ({"accelerator": CPU_ID, "seq_len": 0}, "--seq: must be a positive integer"),
     ({"accelerator": CPU_ID, "gemm": ["12x0x3"]}, "is not MxNxK"),
@@ -139,6 +141,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
     ({"accelerator": CPU_ID, "seq_len": 10**7}, "attention prefill .* needs .* GiB"),
 ])
 def test_bad_input_through_the_api(catalog, kwargs: dict, message: str) -> None:
+    kwargs = {"device": "cpu", **kwargs}  # the same verdicts on machines with a GPU
     with pytest.raises(InputError, match=message):
         D.run_benchmark(catalog, quick=True, **kwargs)
 
@@ -295,7 +298,8 @@ def test_flusher_reads_the_buffer_and_graphs_are_cuda_only() -> None:
 
 def test_progress_total_matches_steps(catalog) -> None:
     seen: list[tuple[str, int]] = []
-    rep = D.run_benchmark(catalog, quick=True, accelerator=CPU_ID, suites=["bandwidth"],
+    rep = D.run_benchmark(catalog, quick=True, accelerator=CPU_ID, device="cpu",
+                          suites=["bandwidth"],
                           bw_mib=16, progress=lambda d, n: seen.append((d, n)))
     assert [d for d, _ in seen] == ["bandwidth copy", "bandwidth triad"]
     assert {n for _, n in seen} == {2}

@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -27,6 +28,33 @@ def _interpret_flag() -> bool:
 # ``@triton.jit`` decides at decoration time whether a kernel is interpreted, so the flag is read
 # once, when this module is imported, and not again.
 INTERPRETED = _interpret_flag()
+
+
+def _index_scalar_args() -> None:
+    """Let loops like ``range(0, K, BLOCK_K)`` run under Triton 3.6's interpreter.
+
+    That interpreter holds a scalar kernel argument as a one-element 1-D NumPy array and indexes
+    it with ``int()``, which current NumPy refuses ("only 0-dimensional arrays can be converted");
+    later Triton releases take the element first. Triton 3.6 is the one PyTorch 2.11 pins, so the
+    same fix is applied here, to the interpreter only and only where it is missing.
+    """
+    from triton.runtime import interpreter
+
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "moatmeter_fixed", False):
+        return
+
+    def patch_tensor(tensor: Any, scope: Any) -> None:
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__",
+                       lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    patch_tensor.moatmeter_fixed = True  # type: ignore[attr-defined]
+    interpreter._patch_lang_tensor = patch_tensor
+
+
+if INTERPRETED:
+    _index_scalar_args()
 
 
 def interpreting() -> bool:
