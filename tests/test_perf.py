@@ -563,3 +563,37 @@ def test_row_excluded_in_its_notes_is_skipped_with_the_reason():
     assert [r["id"] for r in out["rows"]] == ["y"]
     assert out["summary"]["skipped"] == [
         {"id": "x", "reason": "excluded from calibration: checkpoint format unknown"}]
+
+
+def test_profiling_pass_activations_leave_less_kv_cache():
+    """vLLM V0 without chunked prefill profiles max(max_model_len, 2048) tokens at start-up and
+    keeps their activations out of the KV cache: a 91,680-token pass on a 405B model at TP8
+    costs each device 91,680 x 2 B x (2 x 16,384 + 3 x 53,248 / 8) = 9.67 GB."""
+    from moatmeter.perf import memory as mem
+    from moatmeter.perf.deploy import resolve
+    from moatmeter.perf.observations import map_rows, prepare
+    from moatmeter.perf.validate import validate_rows
+
+    per_dev = mem.profile_activation_bytes(np.array([16384.0]), np.array([53248.0]),
+                                           np.array([8.0]), np.array([91680.0]))
+    assert per_dev[0] == pytest.approx(91680 * 2 * (2 * 16384 + 3 * 53248 / 8))
+    assert mem.profile_activation_bytes(np.array([4096.0]), np.array([14336.0]), np.array([1.0]),
+                                        np.array([np.nan]))[0] == 0.0
+
+    kw = dict(accelerator="h100-sxm", stack="vllm-cuda", model="llama-3.1-405b", tp=8, pp=1,
+              weight_dtype="fp8", kv_dtype="bf16", context=4096)
+    plain, profiled = resolve(CAT, **kw), resolve(CAT, **kw, profile_tokens=91680)
+    assert plain.kv_pool[0] - profiled.kv_pool[0] == pytest.approx(8 * per_dev[0])
+    assert profiled.bcap[0] < plain.bcap[0]
+
+    base = _obs_row(id="h64", accelerator="NVIDIA H100 SXM5 80GB", backend="CUDA",
+                    weight_dtype="fp8", scenario="offline", input_len="2048", output_len="2048",
+                    concurrency="256", metric="total_tokens_per_s", value="1000",
+                    notes="TP8; --num-prompts=256 fixed-length prompts submitted at once")
+    prof = {**base, "id": "h64-prof", "notes": base["notes"] + "; max_num_batched_tokens=91680"}
+    obs, _ = map_rows(CAT, [base, prof])
+    assert np.isnan(obs[0].profile_tokens) and obs[1].profile_tokens == 91680
+    p, _ = prepare(CAT, obs)
+    assert p.res.bcap[1] < p.res.bcap[0] < 256  # both KV-bound: 101 and 64 sequences
+    pred = {r["id"]: r["predicted"] for r in validate_rows(CAT, [base, prof])["rows"]}
+    assert pred["h64-prof"] < 0.9 * pred["h64"]  # fewer sequences fit: lower throughput

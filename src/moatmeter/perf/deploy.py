@@ -153,7 +153,8 @@ def _uniq(key: np.ndarray, space: int) -> tuple[np.ndarray, np.ndarray]:
 
 def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: Any, pp: Any,
             weight_dtype: Any, kv_dtype: Any, context: Any, max_batch: Any = None,
-            calib: Calibration | None = None, dp_attention: Any = False) -> Resolved:
+            calib: Calibration | None = None, dp_attention: Any = False,
+            profile_tokens: Any = None) -> Resolved:
     """Arrays (or scalars, broadcast) of ids and settings → ``Resolved``.
 
     ``dp_attention`` (bool per row): attention runs data-parallel across the TP group (SGLang
@@ -161,6 +162,10 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     attention weights and the KV cache of its own sequences only, while the MLP / experts stay
     sharded. The KV cache is then not replicated (MLA's latent otherwise is, on every rank), and
     each device reads the full attention weights every step.
+
+    ``profile_tokens`` (per row, NaN = the engine's usual setting): the tokens of the start-up
+    profiling pass whose activations the engine keeps out of the KV cache (vLLM V0 without
+    chunked prefill: max(max_model_len, 2048)); see ``memory.profile_activation_bytes``.
 
     ``model`` holds catalog model ids (or one ``ModelEntry``). Unknown ids raise ``CatalogError``.
     """
@@ -323,6 +328,11 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                                                              mem.RESERVE_FIXED_BYTES / mem.GIB))
                       for s in stacks])
     usable = mem.usable_bytes(mem_gb, res_u[st_i, 0], res_u[st_i, 1] * mem.GIB)
+    if profile_tokens is not None:
+        inter = mcol(lambda a: a.intermediate or a.moe_intermediate * (
+            a.experts_per_token + a.n_shared_experts))
+        usable = usable - mem.profile_activation_bytes(
+            hidden, inter, tp, np.broadcast_to(np.asarray(profile_tokens, float), (n,)))
     pool = (usable - w_dev) * devices
     max_seq = mem.max_sequences(pool, kv_tok, ctx)
     idx = np.flatnonzero((reasons == "") & (w_dev > usable))

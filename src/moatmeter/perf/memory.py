@@ -35,6 +35,11 @@ from moatmeter.catalog.modelarch import ModelArch
 GIB = float(2**30)
 RESERVE_FRACTION = 0.08  # estimate: activations, graphs, fragmentation (range 0.06-0.15)
 RESERVE_FIXED_BYTES = 1.0 * GIB  # estimate: runtime context, workspace (range 0.5-2 GiB)
+# Live activations per token of a profiling pass, in hidden- and intermediate-size tensors
+# (estimate: residual + one buffer; gate/up + activated product; ranges 1-3 and 2-4).
+PROFILE_ACT_HIDDEN = 2.0
+PROFILE_ACT_INTER = 3.0
+ACT_PEAK_BYTES = 2.0
 
 # Bytes per weight including quantisation scales (see module docstring for the sources).
 WEIGHT_BYTES: dict[str, float] = {
@@ -116,6 +121,24 @@ def kv_replication(arch: ModelArch, tp: np.ndarray) -> np.ndarray:
     if arch.is_mla:
         return tp
     return np.maximum(1.0, tp / max(arch.kv_heads, 1))
+
+
+def profile_activation_bytes(hidden: np.ndarray, intermediate: np.ndarray, tp: np.ndarray,
+                             tokens: np.ndarray) -> np.ndarray:
+    """Per-device activation memory an engine sets aside after profiling a ``tokens``-token pass.
+
+    vLLM V0 sizes its KV cache from the peak memory of one start-up forward pass of
+    ``max_num_batched_tokens`` tokens, which without chunked prefill is max(max_model_len, 2048):
+    a 91,680-token context leaves a 405B model on 8x H100 a fraction of the KV cache a 4k one
+    would. At the MLP's peak the pass holds, in 16 bits, the residual stream and one more
+    hidden-size buffer whole on every rank and the gate/up output plus the activated product,
+    split by TP: ``PROFILE_ACT_HIDDEN`` x hidden + ``PROFILE_ACT_INTER`` x intermediate / TP per
+    token. NaN tokens (the engine's usual setting) reserve nothing beyond ``RESERVE_FRACTION``.
+    """
+    per_token = ACT_PEAK_BYTES * (PROFILE_ACT_HIDDEN * np.asarray(hidden, float)
+                                  + PROFILE_ACT_INTER * np.asarray(intermediate, float)
+                                  / np.maximum(np.asarray(tp, float), 1.0))
+    return np.nan_to_num(np.asarray(tokens, float), nan=0.0) * per_token
 
 
 def usable_bytes(memory_gb: np.ndarray, fraction: np.ndarray | float = RESERVE_FRACTION,

@@ -31,6 +31,12 @@ How a published row becomes a deployment:
   staggered, prompts mixed into decode steps) would put TTFT at one prompt's prefill instead:
   the Gaudi 3 tutorial run at 64 slots measures 1.8 s mean TTFT with P90 1.77x the mean, an even
   spread over a 3.6 s wave prefill, where one prompt takes ~60 ms.
+- Start-up profiling: a row whose notes state ``max_num_batched_tokens=N`` ran an engine that
+  sized its KV cache after a profiling pass of N tokens (vLLM V0 without chunked prefill:
+  N = max(max_model_len, 2048)); the pass's activations are kept out of the KV pool
+  (``memory.profile_activation_bytes``). With ``--max-model-len 91680`` a 405B model on 8x H100
+  keeps room for 27 sequences of 4096 tokens instead of 64, which is where the dstack H100
+  throughput stops growing with the batch.
 - A missing KV dtype means the engine default: 16-bit (fp16 for llama.cpp-class engines).
 Rows that cannot be modelled are skipped with a reason, never guessed; so are rows whose notes
 say "excluded from calibration: <reason>" (the source leaves their configuration undetermined).
@@ -141,12 +147,16 @@ class Obs:
     burst_cap: float = float("nan")  # output cap of a burst row (all prompts at t = 0)
     dp_attention: bool = False  # attention data-parallel across the TP group (DEP, dp-attention)
     lockstep: bool = False  # fixed-length closed loop whose slots start and end together
+    profile_tokens: float = float("nan")  # tokens of the engine's start-up profiling pass
 
 
 # B slots that start and end together: a stated lock-step run, a static batch (TensorRT-LLM
 # gptSession), one vLLM benchmark_latency batch
 LOCKSTEP = re.compile(r"\block-step\b|\bstatic batch\b|benchmark_latency"
                       r"|end-to-end time of one batch")
+# the engine's start-up profiling pass, when the notes state it (vLLM V0 without chunked prefill
+# profiles max(max_model_len, 2048) tokens and keeps their activations out of the KV cache)
+PROFILE_TOKENS = re.compile(r"\bmax_num_batched_tokens\s*=\s*(\d+)")
 # attention data parallel across the TP group: TensorRT-LLM "DEP4" / enable_attention_dp, SGLang
 # --enable-dp-attention
 DP_ATTENTION = re.compile(r"\bDEP\d|enable[-_]dp[-_]attention|enable_attention_dp")
@@ -308,7 +318,9 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                                  and math.isnan(burst)
                                  and bool(LOCKSTEP.search(r.get("notes", "")))),
                        dp_attention=bool(DP_ATTENTION.search(
-                           f"{r.get('engine_version', '')} {r.get('notes', '')}"))))
+                           f"{r.get('engine_version', '')} {r.get('notes', '')}")),
+                       profile_tokens=float(mp.group(1)) if (
+                           mp := PROFILE_TOKENS.search(r.get("notes", ""))) else float("nan")))
     return out, skipped
 
 
@@ -355,7 +367,8 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
     res = resolve(cat, accelerator=col["accelerator"], stack=col["stack"], model=col["model"],
                   tp=col["tp"], pp=col["pp"], weight_dtype=col["weight_dtype"],
                   kv_dtype=col["kv_dtype"], context=ctx, max_batch=mb, calib=calib,
-                  dp_attention=np.array([o.dp_attention for o in obs], dtype=bool))
+                  dp_attention=np.array([o.dp_attention for o in obs], dtype=bool),
+                  profile_tokens=np.array([o.profile_tokens for o in obs], dtype=float))
     keep = np.flatnonzero(res.feasible)
     skipped = [{"id": obs[i].id, "reason": f"infeasible as mapped: {res.reason[i]}"}
                for i in np.flatnonzero(~res.feasible)]
