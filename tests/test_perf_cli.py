@@ -81,6 +81,21 @@ def test_predict_dp_attention_flag(cli):
     assert any("data-parallel" in n for n in on["notes"])
 
 
+def test_predict_profile_tokens_shrink_the_kv_pool(cli):
+    base = ["predict", "--accelerator", "h100-sxm", "--count", "8", "--tp", "8", "--stack",
+            "vllm-cuda", "--model", "llama-3.1-405b", "--dtype", "fp8_mlp", "--input", "2048",
+            "--output", "2048", "--concurrency", "64", "--json"]
+    plain, prof = (json.loads(cli(*base, *extra).stdout)
+                   for extra in ([], ["--profile-tokens", "91680"]))
+    # 91,680 x 2 B x (2 x 16,384 + 3 x 53,248 / 8) = 9.0 GiB per H100 kept out of the KV cache
+    assert plain["memory"]["kv_pool_gb"] - prof["memory"]["kv_pool_gb"] == pytest.approx(9.0,
+                                                                                      abs=0.05)
+    assert prof["memory"]["max_sequences"] < plain["memory"]["max_sequences"]
+    assert prof["output_tokens_per_s"] < plain["output_tokens_per_s"]
+    assert any("profiling pass of 91,680 tokens" in n for n in prof["notes"])
+    one_line_error(cli(*base, "--profile-tokens", "0"), "profile tokens must be ≥ 1")
+
+
 def test_predict_text_and_rate(cli):
     p = cli(*PREDICT, "--rate", "2")
     assert p.returncode == 0, p.stderr

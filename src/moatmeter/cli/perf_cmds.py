@@ -50,6 +50,10 @@ def predict_cmd(
                             "inside the TP group (SGLang --enable-dp-attention, TensorRT-LLM "
                             "enable_attention_dp): one KV-cache copy instead of a per-rank "
                             "replica (MLA), attention weights on every rank.")] = False,
+    profile_tokens: Annotated[int | None, typer.Option(
+        "--profile-tokens", help="Tokens of the engine's start-up profiling pass, whose "
+        "activations it keeps out of the KV cache: vLLM V0 without chunked prefill profiles "
+        "max(max_model_len, 2048). Default: a small chunk, as current engines do.")] = None,
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -72,7 +76,7 @@ def predict_cmd(
                            model=model, weight_dtype=dtype, kv_dtype=kv_dtype,
                            input_tokens=input_tokens, output_tokens=output_tokens,
                            concurrency=concurrency, rate=rate, max_batch=max_batch,
-                           dp_attention=dp_attention)
+                           dp_attention=dp_attention, profile_tokens=profile_tokens)
     if json_out:
         print_json(p.to_dict())
         return

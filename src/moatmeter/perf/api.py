@@ -158,11 +158,16 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                        kv_dtype: str | None = None, input_tokens: float, output_tokens: float,
                        concurrency: float | None = None, rate: float | None = None,
                        max_batch: int | None = None, calib: Calibration | None = None,
-                       dp_attention: bool = False) -> Prediction:
+                       dp_attention: bool = False,
+                       profile_tokens: int | None = None) -> Prediction:
     """Predict one deployment (``count`` devices = ``count / (tp·pp)`` data-parallel replicas).
 
     ``dp_attention``: attention data-parallel inside the TP group (SGLang --enable-dp-attention,
     TensorRT-LLM enable_attention_dp): one KV copy, attention weights on every rank.
+
+    ``profile_tokens``: tokens of the engine's start-up profiling pass, whose activations it keeps
+    out of the KV cache (vLLM V0 without chunked prefill: max(max_model_len, 2048)); None for
+    engines that profile a small chunk (the default of current engines).
 
     Throughputs are for all ``count`` devices; the load (concurrency or Poisson rate) is split
     evenly across replicas; with neither it is offline maximum throughput.
@@ -179,6 +184,9 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
         raise InputError(f"concurrency must be ≥ 1, got {concurrency}", field="concurrency")
     if rate is not None and not (rate > 0):
         raise InputError(f"rate must be > 0 req/s, got {rate}", field="rate")
+    if profile_tokens is not None and not (profile_tokens >= 1):
+        raise InputError(f"profile tokens must be ≥ 1, got {profile_tokens}",
+                         field="profile-tokens")
     wd = mem.norm_dtype(weight_dtype)
     if mem.weight_bytes_per_param(wd) is None:
         raise InputError(f"unknown weight dtype '{weight_dtype}' (known: "
@@ -205,9 +213,19 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                 model=entry, tp=np.array([tp]), pp=np.array([pp]), weight_dtype=np.array([wd]),
                 kv_dtype=np.array([kd]), context=np.array([ctx]),
                 max_batch=None if max_batch is None else np.array([max_batch]), calib=calib,
-                dp_attention=np.array([bool(dp_attention)]))
+                dp_attention=np.array([bool(dp_attention)]),
+                profile_tokens=None if profile_tokens is None else np.array(
+                    [float(profile_tokens)]))
     p = _prediction(r, accelerator, stack, model, count, tp, pp, wd, kd, input_tokens,
                     output_tokens, concurrency, rate, replicas)
+    if profile_tokens is not None:
+        inter = arch.intermediate or arch.moe_intermediate * (arch.experts_per_token
+                                                              + arch.n_shared_experts)
+        held = float(mem.profile_activation_bytes(np.array([arch.hidden]), np.array([inter]),
+                                                  np.array([tp]),
+                                                  np.array([float(profile_tokens)]))[0])
+        pre_notes.append(f"start-up profiling pass of {profile_tokens:,} tokens keeps "
+                         f"{held / mem.GIB:.1f} GiB per device out of the KV cache")
     if dp_attention and tp > 1:
         pre_notes.append("attention data-parallel across the TP group: one KV copy, attention "
                          "weights on every rank")
