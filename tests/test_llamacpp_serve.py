@@ -43,11 +43,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = find_llama_server()
     model = write_tiny_llama(tmp_path_factory.mktemp("gguf") / "tiny-llama-test.gguf",
                              load_catalog().model("tiny-llama-test").config)
+    yield from serve(model, tmp_path_factory.mktemp("log") / "llama-server.log")
+
+
+def serve(model: Path, log: Path) -> Iterator[str]:
+    """Run llama-server on ``model`` until the generator is closed; yields its base URL."""
+    binary = find_llama_server()
     port = free_port()
-    log = tmp_path_factory.mktemp("log") / "llama-server.log"
     with log.open("w") as fh:
         proc = subprocess.Popen(
             [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
@@ -128,3 +132,30 @@ def test_llama_server_chat_endpoint_and_wrong_model_path(llama_url: str, tmp_pat
                         llama_url + "/v2/nothing", "--model", "m", "--db", str(tmp_path / "x.db")],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_random_gguf_script_writes_a_model_llama_server_runs(tmp_path: Path) -> None:
+    """benchmarks/random_gguf.py (used to time llama.cpp where no weights can be fetched):
+    a Q4_0 file llama-server loads, whose vocabulary makes each prompt word one token."""
+    from moatmeter.bench.prompts import _WORDS
+
+    model = tmp_path / "tiny-q4_0.gguf"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "random_gguf.py"
+    proc = subprocess.run([sys.executable, str(script), "--model", "tiny-llama-test", "--type",
+                           "q4_0", "--out", str(model)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    bad = subprocess.run([sys.executable, str(script), "--model", "mixtral-8x7b", "--out",
+                          str(tmp_path / "x.gguf")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "only dense models" in bad.stderr
+    gen = serve(model, tmp_path / "server.log")
+    url = next(gen)
+    try:
+        words = " " + " ".join(_WORDS[:40])
+        toks = httpx.post(url + "/tokenize", json={"content": words}, timeout=10).json()["tokens"]
+        assert 40 <= len(toks) <= 42  # one token per word (plus at most a leading space piece)
+        out = httpx.post(url + "/completion", json={"prompt": words, "n_predict": 6,
+                                                    "ignore_eos": True}, timeout=30).json()
+        assert out["tokens_predicted"] == 6
+    finally:
+        gen.close()
