@@ -219,11 +219,9 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
     p = _prediction(r, accelerator, stack, model, count, tp, pp, wd, kd, input_tokens,
                     output_tokens, concurrency, rate, replicas)
     if profile_tokens is not None:
-        inter = arch.intermediate or arch.moe_intermediate * (arch.experts_per_token
-                                                              + arch.n_shared_experts)
-        held = float(mem.profile_activation_bytes(np.array([arch.hidden]), np.array([inter]),
-                                                  np.array([tp]),
-                                                  np.array([float(profile_tokens)]))[0])
+        held = float(mem.profile_activation_bytes(
+            np.array([arch.hidden]), np.array([mem.active_intermediate(arch)]), np.array([tp]),
+            np.array([float(profile_tokens)]))[0])
         pre_notes.append(f"start-up profiling pass of {profile_tokens:,} tokens keeps "
                          f"{held / mem.GIB:.1f} GiB per device out of the KV cache")
     if dp_attention and tp > 1:

@@ -329,10 +329,9 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                       for s in stacks])
     usable = mem.usable_bytes(mem_gb, res_u[st_i, 0], res_u[st_i, 1] * mem.GIB)
     if profile_tokens is not None:
-        inter = mcol(lambda a: a.intermediate or a.moe_intermediate * (
-            a.experts_per_token + a.n_shared_experts))
         usable = usable - mem.profile_activation_bytes(
-            hidden, inter, tp, np.broadcast_to(np.asarray(profile_tokens, float), (n,)))
+            hidden, mcol(mem.active_intermediate), tp,
+            np.broadcast_to(np.asarray(profile_tokens, float), (n,)))
     pool = (usable - w_dev) * devices
     max_seq = mem.max_sequences(pool, kv_tok, ctx)
     idx = np.flatnonzero((reasons == "") & (w_dev > usable))

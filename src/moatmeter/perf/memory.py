@@ -123,6 +123,12 @@ def kv_replication(arch: ModelArch, tp: np.ndarray) -> np.ndarray:
     return np.maximum(1.0, tp / max(arch.kv_heads, 1))
 
 
+def active_intermediate(arch: ModelArch) -> float:
+    """MLP width one token passes through: dense intermediate, or its routed + shared experts'."""
+    return float(arch.intermediate or arch.moe_intermediate * (arch.experts_per_token
+                                                               + arch.n_shared_experts))
+
+
 def profile_activation_bytes(hidden: np.ndarray, intermediate: np.ndarray, tp: np.ndarray,
                              tokens: np.ndarray) -> np.ndarray:
     """Per-device activation memory an engine sets aside after profiling a ``tokens``-token pass.
