@@ -219,9 +219,7 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
     p = _prediction(r, accelerator, stack, model, count, tp, pp, wd, kd, input_tokens,
                     output_tokens, concurrency, rate, replicas)
     if profile_tokens is not None:
-        held = float(mem.profile_activation_bytes(
-            np.array([arch.hidden]), np.array([mem.active_intermediate(arch)]), np.array([tp]),
-            np.array([float(profile_tokens)]))[0])
+        held = float(r.extra["profile_held"][0])
         pre_notes.append(f"start-up profiling pass of {profile_tokens:,} tokens keeps "
                          f"{held / mem.GIB:.1f} GiB per device out of the KV cache")
     if dp_attention and tp > 1:

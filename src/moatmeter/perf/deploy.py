@@ -328,10 +328,12 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                                                              mem.RESERVE_FIXED_BYTES / mem.GIB))
                       for s in stacks])
     usable = mem.usable_bytes(mem_gb, res_u[st_i, 0], res_u[st_i, 1] * mem.GIB)
+    profile_held = np.zeros(n)
     if profile_tokens is not None:
-        usable = usable - mem.profile_activation_bytes(
+        profile_held = mem.profile_activation_bytes(
             hidden, mcol(mem.active_intermediate), tp,
             np.broadcast_to(np.asarray(profile_tokens, float), (n,)))
+        usable = usable - profile_held
     pool = (usable - w_dev) * devices
     max_seq = mem.max_sequences(pool, kv_tok, ctx)
     idx = np.flatnonzero((reasons == "") & (w_dev > usable))
@@ -382,4 +384,4 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                     usable_per_device=usable, kv_pool=pool,
                     max_sequences=max_seq, max_batch=mb, bcap=bcap, eff_sigma=eff_r[:, 3],
                     calib_note=calib_note, compute_dtype=cdt, dtype_note=list(dnote),
-                    extra={"pair_index": pkey_i})
+                    extra={"pair_index": pkey_i, "profile_held": profile_held})
