@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from moatmeter.bench.kernels.timing import graphed, time_fn
 from moatmeter.catalog.load import load_catalog
 from moatmeter.catalog.modelarch import ModelArch, arch_of
 from moatmeter.errors import MoatError
@@ -126,35 +126,11 @@ def main() -> int:
         x = torch.randn(B, arch.hidden, device=dev, dtype=dtype)
         run = step_fn(arch, blocks, head, kv, x)
         with torch.inference_mode():
-            run()
-            times: list[float] = []
-            if dev.type == "cuda":
-                graph = torch.cuda.CUDAGraph()
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    run()
-                torch.cuda.current_stream().wait_stream(side)
-                with torch.cuda.graph(graph):
-                    run()
-                for _ in range(3):
-                    graph.replay()
-                torch.cuda.synchronize()
-                for _ in range(20):
-                    e0 = torch.cuda.Event(enable_timing=True)
-                    e1 = torch.cuda.Event(enable_timing=True)
-                    e0.record()
-                    graph.replay()
-                    e1.record()
-                    e1.synchronize()
-                    times.append(e0.elapsed_time(e1) / 1e3)
-                del graph
-            else:
-                for _ in range(3):
-                    t = time.perf_counter()
-                    run()
-                    times.append(time.perf_counter() - t)
-        meas = statistics.median(times)
+            run()  # allocations and kernel choice before capture
+            # the same graph capture and event timing `bench device` uses (eager on a CPU)
+            step = graphed(run, dev) or run
+            meas = time_fn(step, dev, warmup=3, min_reps=20, max_reps=20, min_time_s=0.0,
+                           max_time_s=60.0)
         b = np.array([float(B)])
         c = np.array([float(ctx)])
         if layers != arch.layers:  # the model's accounting is for the whole model
@@ -167,7 +143,7 @@ def main() -> int:
                   f"{nbytes / meas / 1e9:8.0f}GB/s {roof.total[0] * 1e3:8.3f}ms "
                   f"{roof.total[0] / meas:8.2f} {cal.total[0] * 1e3:9.3f}ms "
                   f"{cal.total[0] / meas:10.2f}")
-        del kv, x, run
+        del kv, x, run, step
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     return 0
