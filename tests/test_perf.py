@@ -597,3 +597,69 @@ def test_profiling_pass_activations_leave_less_kv_cache():
     assert p.res.bcap[1] < p.res.bcap[0] < 256  # both KV-bound: 101 and 64 sequences
     pred = {r["id"]: r["predicted"] for r in validate_rows(CAT, [base, prof])["rows"]}
     assert pred["h64-prof"] < 0.9 * pred["h64"]  # fewer sequences fit: lower throughput
+
+
+def test_mla_decode_attends_over_the_absorbed_latent_and_prefill_per_head():
+    a = arch_of(CAT.model("deepseek-r1"))
+    # decode: q·k over kv_lora_rank + rope (576), p·v over the latent (512) → 2·576 + 2·512
+    assert 4 * mem.attn_dim(a, "decode") == 2 * (512 + 64) + 2 * 512
+    # prefill: q·k over nope + rope (192), p·v over v_head_dim (128)
+    assert 4 * mem.attn_dim(a, "prefill") == 2 * (128 + 64) + 2 * 128
+    llama = arch_of(CAT.model("llama-3.1-8b"))
+    assert mem.attn_dim(llama, "decode") == mem.attn_dim(llama, "prefill") == 128
+    r = resolve(CAT, accelerator="h200-sxm", stack="sglang-cuda", model="deepseek-r1",
+                tp=np.array([8]), pp=1, weight_dtype="fp8", kv_dtype="bf16", context=4096)
+    assert r.s.attn[0] == a.layers * a.heads * (2 * 512 + 64) / 2
+    assert r.s.attn_pre[0] == a.layers * a.heads * (128 + 64 + 128) / 2
+
+
+def test_sliding_window_layers_attend_over_at_most_the_window():
+    a = arch_of(CAT.model("gpt-oss-20b"))
+    assert a.sliding_layers > 0 and a.sliding_window > 0
+    full = a.layers * a.heads * a.head_dim
+
+    def attn(ctx: float) -> float:
+        r = resolve(CAT, accelerator="b200", stack="trtllm-cuda", model="gpt-oss-20b",
+                    tp=np.array([1]), pp=1, weight_dtype="mxfp4", kv_dtype="fp8", context=ctx)
+        return float(r.s.attn[0])
+
+    ctx = 32 * a.sliding_window
+    want = full * (1 - a.sliding_layers / a.layers * (1 - a.sliding_window / ctx))
+    assert attn(ctx) == pytest.approx(want)
+    assert attn(a.sliding_window / 2) == pytest.approx(full)  # shorter than the window: all
+
+
+def test_measurement_date_from_notes_token_or_source():
+    from moatmeter.perf.observations import measured_when
+
+    assert measured_when("blog (2025-03-18)", "") == pytest.approx(2025 + 2.5 / 12)
+    assert measured_when("blog (2025-03-18)", "x; measured=2024-11 (estimate)") == \
+        pytest.approx(2024 + 10.5 / 12)
+    assert math.isnan(measured_when("an undated page", "no date here"))
+
+
+def test_maturity_trend_is_clamped_to_its_dates_and_absent_for_dense():
+    from moatmeter.perf.calibrate import TREND_REACH, TREND_REF
+
+    cal = Calibration()
+    cal.offsets["trend"] = {"sglang|mla-moe": [0.5, 0.0, 0.0]}
+    cal.meta = {"newest": 2026.5, "trend_range": {"sglang|mla-moe": [2025.0, 2025.5]}}
+    z = lambda arch, when=None: cal.z("sglang-cuda", "SGLang", "Hopper",  # noqa: E731
+                                      "nvidia/gpu/datacenter", arch, when)
+    base = cal.z("sglang-cuda", "SGLang", "Hopper", "nvidia/gpu/datacenter", "dense")
+    assert z("mla-moe", TREND_REF)[0] == pytest.approx(base[0])
+    assert z("mla-moe", 2025.5)[0] == pytest.approx(base[0] + 0.25)
+    # the newest date (2026.5) is beyond the trend's reach: clamped at 2025.5 + TREND_REACH
+    assert z("mla-moe")[0] == pytest.approx(base[0] + 0.5 * (0.5 + TREND_REACH))
+    assert z("dense", 2030.0)[0] == pytest.approx(base[0])
+
+
+def test_fitted_trends_never_lower_efficiency_with_time():
+    import json
+
+    from moatmeter.perf.calibrate import bundled_path
+
+    trends = json.loads(bundled_path().read_text())["offsets"]["trend"]
+    assert trends, "the bundled fit has maturity trends"
+    for slope in trends.values():
+        assert slope[0] >= 0 and slope[1] >= 0 and slope[2] <= 0

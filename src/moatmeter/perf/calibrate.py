@@ -75,6 +75,41 @@ OBS_SCALE = 0.15  # soft-L1 transition: residuals beyond ~15 % count linearly
 # 15.4/47.1, 15.7/47.4 %; with OVERHEAD_LAYER_SHARE 1.0: 0.3 -> 15.5/46.7, 0.4 -> 15.3/46.9 %).
 SOURCE_POWER = 0.4
 PRIOR_SCALE = 1.0
+# Software matures: the same stack on the same chip gets faster release by release, most for new
+# model architectures (DeepSeek-R1 on 8x H200 under SGLang: 83 output tok/s at 4 users in
+# 2025-03, about 390 in 2026-05 at similar lengths - observations.csv). Each engine has a linear
+# trend per MoE architecture class (moe, mla-moe) in the transformed efficiencies, per year from
+# TREND_REF, with a Gaussian prior of TREND_SD per year; a row is evaluated at its measurement
+# date, a deployment at the newest observation's, and never more than TREND_REACH years outside
+# the dates the trend was fitted on. Dense kernels were mature before the oldest observation
+# (2023). Chosen by leave-one-source-out CV on the 499-row set (median / p90 APE, rows beyond
+# 35 %): no trend 16.9/72.1 % (122); one trend per class, SD 0.5: 16.9/54.3 (103), SD 0.25:
+# 16.8/53.6 (100), dense constant: 16.5/55.0 (106); per (engine, class), dense constant, SD 0.5:
+# 16.2/53.8 (104), SD 1.0: 16.1/49.5 (96), SD 2.0: 16.0/52.4 (96); SD 1.0 with no extrapolation
+# (reach 0): 16.3/52.5 (99), reach 0.5 year: 16.1/49.5 (96).
+TREND_REF = 2025.0
+TREND_SD = (1.0, 1.0, 1.0)
+TREND_REACH = 0.5
+
+
+def trend_key(arch: str, engine: str) -> str | None:
+    """The maturity trend a row follows: its engine's for its architecture class; none if dense."""
+    return None if arch == "dense" else f"{engine.lower()}|{arch}"
+
+
+# Mixtral-style MoE (a few large experts, top-2) and fine-grained MoE (dozens to hundreds of
+# small experts, top-4 to top-8: Qwen3, gpt-oss) run different grouped-GEMM kernels, which
+# matured at different times.
+FINE_MOE_EXPERTS = 16
+
+
+def arch_class(a: Any) -> str:
+    """dense, moe, fine-moe or mla-moe: the calibration's architecture class of a model."""
+    if a.is_mla:
+        return "mla-moe"
+    if a.is_moe:
+        return "fine-moe" if a.n_experts > FINE_MOE_EXPERTS else "moe"
+    return "dense"
 
 
 def product_line(acc: Any) -> str:
@@ -126,23 +161,36 @@ class Calibration:
     def pair_key(stack: str, family: str) -> str:
         return f"{stack}|{family}"
 
-    def z(self, stack: str, engine: str, family: str, line: str, arch: str = "dense"
-          ) -> np.ndarray:
+    @property
+    def newest(self) -> float:
+        """Date (decimal year) of the newest observation fitted: predictions are for then."""
+        return float(self.meta.get("newest", TREND_REF))
+
+    def z(self, stack: str, engine: str, family: str, line: str, arch: str = "dense",
+          when: float | None = None) -> np.ndarray:
         keys = {"line": line, "family": family, "engine": engine.lower(), "stack": stack,
                 "pair": self.pair_key(stack, family), "arch": arch,
                 "pair_arch": f"{self.pair_key(stack, family)}|{arch}"}
         z = np.array(self.global_z, float)
         for lv, k in keys.items():
             z = z + np.array(self.offsets.get(lv, {}).get(k, [0.0, 0.0, 0.0]), float)
-        return z
+        tk = trend_key(arch, engine)
+        slope = self.offsets.get("trend", {}).get(tk or "", [0.0, 0.0, 0.0])
+        t = self.newest if when is None or not math.isfinite(when) else when
+        lo, hi = self.meta.get("trend_range", {}).get(tk or "", (TREND_REF, TREND_REF))
+        # at most TREND_REACH years beyond the dates that engine was measured on for that class
+        t = min(max(t, lo - TREND_REACH), hi + TREND_REACH)
+        return z + np.array(slope, float) * (t - TREND_REF)
 
-    def lookup(self, stack: str, engine: str, family: str, line: str, arch: str = "dense"
-               ) -> Efficiency:
+    def lookup(self, stack: str, engine: str, family: str, line: str, arch: str = "dense",
+               when: float | None = None) -> Efficiency:
         """Efficiencies for a (stack, family) pair, falling back through the levels if unseen.
 
-        ``line`` is ``product_line(accelerator)``.
+        ``line`` is ``product_line(accelerator)``; ``when`` (decimal year) the software's date,
+        by default that of the newest observation.
         """
-        ec, em, ov = (float(v) for v in z_to_eff(self.z(stack, engine, family, line, arch)))
+        ec, em, ov = (float(v) for v in z_to_eff(self.z(stack, engine, family, line, arch,
+                                                        when)))
         pk = self.pair_key(stack, family)
         n_pair = self.counts.get("pair", {}).get(pk, 0)
         if n_pair > 0:
@@ -206,6 +254,8 @@ class Calibration:
     def from_json(cls, obj: dict[str, Any]) -> Calibration:
         c = cls()
         c.global_z = [float(v) for v in obj["global_z"]]
+        c.offsets["trend"] = {k: [float(x) for x in v]
+                              for k, v in obj["offsets"].get("trend", {}).items()}
         for lv in LEVELS:
             off = obj["offsets"].get(lv, {})
             c.offsets[lv] = {k: [float(x) for x in v] for k, v in off.items()}
@@ -260,6 +310,8 @@ class Design:
     idx: np.ndarray  # (rows, 1 + len(LEVELS)) block index per level (0 = global)
     prior_mean: np.ndarray
     prior_sd: np.ndarray
+    trend_idx: np.ndarray  # (rows,) block of the row's architecture trend
+    dt: np.ndarray  # (rows,) years from TREND_REF (0 where the date is unknown)
 
     @property
     def n_params(self) -> int:
@@ -267,11 +319,14 @@ class Design:
 
     def z_rows(self, theta: np.ndarray) -> np.ndarray:
         blocks = theta.reshape(-1, 3)
-        return blocks[self.idx].sum(axis=1)
+        return blocks[self.idx].sum(axis=1) + blocks[self.trend_idx] * self.dt[:, None]
 
 
-def build_design(keys: list[dict[str, str]]) -> Design:
-    """``keys``: per row {line, family, …, arch} → design with one block per distinct key."""
+def build_design(keys: list[dict[str, str]], when: np.ndarray | None = None) -> Design:
+    """``keys``: per row {line, family, …, arch} → design with one block per distinct key.
+
+    ``when``: per row measurement date (decimal year, NaN unknown) for the maturity trend.
+    """
     names: list[tuple[str, str]] = [("global", "")]
     where: dict[tuple[str, str], int] = {}
     idx = np.zeros((len(keys), 1 + len(LEVELS)), dtype=int)
@@ -282,13 +337,26 @@ def build_design(keys: list[dict[str, str]]) -> Design:
                 where[nk] = len(names)
                 names.append(nk)
             idx[r, j + 1] = where[nk]
+    tidx = np.zeros(len(keys), dtype=int)
+    w = np.full(len(keys), np.nan) if when is None else np.asarray(when, float)
+    dt = np.where(np.isfinite(w), w - TREND_REF, 0.0)
+    for r, k in enumerate(keys):
+        tk = trend_key(k["arch"], k["engine"])
+        if tk is None:
+            dt[r] = 0.0  # block 0's slot is never read: its dt is 0
+            continue
+        nk = ("trend", tk)
+        if nk not in where:
+            where[nk] = len(names)
+            names.append(nk)
+        tidx[r] = where[nk]
     mean = np.zeros((len(names), 3))
     sd = np.zeros((len(names), 3))
     mean[0] = prior_global()
     sd[0] = GLOBAL_SD
     for b, (lv, _) in enumerate(names[1:], start=1):
-        sd[b] = PRIOR_SD[lv]
-    return Design(names, idx, mean.ravel(), sd.ravel())
+        sd[b] = TREND_SD if lv == "trend" else PRIOR_SD[lv]
+    return Design(names, idx, mean.ravel(), sd.ravel(), tidx, dt)
 
 
 def source_weights(sources: list[str]) -> np.ndarray:
@@ -323,12 +391,21 @@ def fit(predict_log: Any, log_measured: np.ndarray, design: Design, *, max_nfev:
 
     sp = lil_matrix((n + p, p), dtype=int)
     for r in range(n):
-        for b in design.idx[r]:
+        for b in (*design.idx[r], design.trend_idx[r]):
             for q in range(3):
                 sp[r, 3 * b + q] = 1
     for j in range(p):
         sp[n + j, j] = 1
-    res = least_squares(resid, design.prior_mean.copy(), jac_sparsity=sp, loss="linear",
+    # maturity only improves: efficiencies may not fall, nor the overhead rise, with time
+    lo = np.full(p, -np.inf)
+    hi = np.full(p, np.inf)
+    x0 = design.prior_mean.copy()
+    for b, (lv, _) in enumerate(design.names):
+        if lv == "trend":
+            lo[3 * b:3 * b + 2] = 0.0
+            hi[3 * b + 2] = 0.0
+            x0[3 * b:3 * b + 3] = (1e-6, 1e-6, -1e-6)
+    res = least_squares(resid, x0, jac_sparsity=sp, loss="linear", bounds=(lo, hi),
                         max_nfev=max_nfev, x_scale=1.0, method="trf")
     theta = res.x
     ec, em, ov = z_to_eff(design.z_rows(theta))
@@ -341,6 +418,7 @@ def calibration_from_fit(theta: np.ndarray, design: Design, log_resid: np.ndarra
     c = Calibration()
     blocks = theta.reshape(-1, 3)
     c.global_z = blocks[0].tolist()
+    c.offsets["trend"] = {}
     for b, (lv, k) in enumerate(design.names[1:], start=1):
         c.offsets[lv][k] = [round(float(x), 6) for x in blocks[b]]
     res = np.where(np.isfinite(log_resid), log_resid, 1.0)

@@ -26,7 +26,12 @@ from moatmeter.catalog.load import Catalog
 from moatmeter.catalog.modelarch import ModelArch, arch_of
 from moatmeter.catalog.schema import Accelerator, ModelEntry, Stack
 from moatmeter.perf import memory as mem
-from moatmeter.perf.calibrate import Calibration, default_calibration, product_line
+from moatmeter.perf.calibrate import (
+    Calibration,
+    arch_class,
+    default_calibration,
+    product_line,
+)
 from moatmeter.perf.step import StepInputs
 
 FAST_LINK_GBS = 200.0  # above this the scale-up fabric is a dedicated link, not PCIe
@@ -209,7 +214,8 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     layers = mcol(lambda a: a.layers)
     heads = mcol(lambda a: a.heads)
     kv_heads = mcol(lambda a: a.kv_heads)
-    attn = mcol(lambda a: a.layers * a.heads * a.head_dim)
+    attn = mcol(lambda a: a.layers * a.heads * mem.attn_dim(a, "decode"))
+    attn_pre = mcol(lambda a: a.layers * a.heads * mem.attn_dim(a, "prefill"))
     flops_tok = mcol(lambda a: 2.0 * (a.active_params - a.embedding_params + a.vocab * a.hidden))
     n_exp = mcol(lambda a: a.n_experts)
     topk = mcol(lambda a: a.experts_per_token)
@@ -258,6 +264,13 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                     else 2 * a.kv_heads * a.head_dim)
             frac = np.minimum(1.0, a.sliding_window / np.maximum(ctx[rows], 1.0))
             kv_tok[rows] = kvpl * per * (full + a.sliding_layers * frac)
+    # the same window caps the attention work of those layers
+    win = mcol(lambda a: a.sliding_window if a.sliding_layers > 0 else 0.0)
+    if np.any(win > 0):
+        slid = mcol(lambda a: a.sliding_layers / a.layers)
+        frac = np.where(win > 0, np.minimum(1.0, win / np.maximum(ctx, 1.0)), 1.0)
+        scale = 1.0 - slid + slid * frac
+        attn, attn_pre = attn * scale, attn_pre * scale
     reasons[(reasons == "") & bad_k[kkey_i]] = "unknown KV-cache dtype"
     is_mla = mcol(lambda a: a.is_mla) > 0
     repl = np.where(is_mla, tp, np.maximum(1.0, tp / np.maximum(kv_heads, 1.0)))
@@ -357,7 +370,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
         s = stacks[k // (A * M)]
         acc = accs[(k // M) % A]
         a = arches[k % M]
-        cls = "mla-moe" if a.is_mla else "moe" if a.is_moe else "dense"
+        cls = arch_class(a)
         e = calib.lookup(s.id, s.engine, acc.family, product_line(acc), cls)
         eff[j] = (e.eff_compute, e.eff_memory, e.overhead_s, e.sigma)
         pnote.append(e.note)
@@ -378,6 +391,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                    tp=tp, pp=pp, eff_c=eff_r[:, 0], eff_m=eff_r[:, 1], overhead=eff_r[:, 2],
                    w_dense=w_dense + w_attn_extra, w_expert=w_expert, n_experts=n_exp, topk=topk,
                    moe_layers=moe_layers, kv_tok=kv_tok, flops_tok=flops_tok, attn=attn,
+                   attn_pre=attn_pre,
                    hidden=hidden, layers=layers, act_tok=act_tok)
     return Resolved(s=s, feasible=feasible, reason=list(reasons), devices=devices,
                     weights_per_device=w_dev, device_bytes=mem_gb * mem.GIB,

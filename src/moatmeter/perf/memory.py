@@ -115,6 +115,22 @@ def kv_bytes_per_token(arch: ModelArch, kv_dtype: str, context: float | None = N
     return arch.kv_elems_per_token(context) * b
 
 
+def attn_dim(arch: ModelArch, phase: str) -> float:
+    """Attention FLOPs per head per (query token, context token), divided by 4.
+
+    Standard attention does q·k and p·v over ``head_dim`` each: 4·head_dim. MLA decodes with the
+    up-projections absorbed (DeepSeek-V2, arXiv:2405.04434, sec. 2.1.3), so q·k runs over the
+    latent plus the rope key (kv_lora_rank + qk_rope_head_dim) and p·v over the latent: about
+    2.8x the FLOPs of its prefill, which decompresses the latent and attends per head over
+    qk_nope + qk_rope keys and v_head_dim values.
+    """
+    if not arch.is_mla:
+        return float(arch.head_dim)
+    if phase == "decode":
+        return (2.0 * arch.kv_lora_rank + arch.qk_rope_head_dim) / 2.0
+    return (arch.qk_nope_head_dim + arch.qk_rope_head_dim + arch.v_head_dim) / 2.0
+
+
 def kv_replication(arch: ModelArch, tp: np.ndarray) -> np.ndarray:
     """How many copies of each KV head the TP group stores in total, per token (≥ 1)."""
     tp = np.asarray(tp, dtype=float)

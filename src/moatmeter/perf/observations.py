@@ -54,10 +54,10 @@ from typing import Any
 import numpy as np
 
 from moatmeter.catalog.load import Catalog
-from moatmeter.catalog.modelarch import ModelArch, arch_of
+from moatmeter.catalog.modelarch import arch_of
 from moatmeter.errors import InputError
 from moatmeter.perf import memory as mem
-from moatmeter.perf.calibrate import Calibration, product_line
+from moatmeter.perf.calibrate import Calibration, arch_class, product_line
 from moatmeter.perf.deploy import DEFAULT_MAX_BATCH, Resolved, resolve
 from moatmeter.perf.serving import closed_loop, goodput, open_loop
 from moatmeter.perf.step import decode_step, prefill_time
@@ -85,8 +85,6 @@ OFFLINE_MAX_BATCH_DEFAULT = 1024.0
 SERVER_MAX_BATCH = {"sglang": 2048.0}
 
 
-def arch_class(a: ModelArch) -> str:
-    return "mla-moe" if a.is_mla else "moe" if a.is_moe else "dense"
 
 
 def read_observations(path: str | Path) -> list[dict[str, str]]:
@@ -148,6 +146,7 @@ class Obs:
     dp_attention: bool = False  # attention data-parallel across the TP group (DEP, dp-attention)
     lockstep: bool = False  # fixed-length closed loop whose slots start and end together
     profile_tokens: float = float("nan")  # tokens of the engine's start-up profiling pass
+    when: float = float("nan")  # measurement date as a decimal year (NaN: unknown)
 
 
 # B slots that start and end together: a stated lock-step run, a static batch (TensorRT-LLM
@@ -159,6 +158,18 @@ LOCKSTEP = re.compile(r"\block-step\b|\bstatic batch\b|benchmark_latency"
 PROFILE_TOKENS = re.compile(r"\bmax_num_batched_tokens\s*=\s*(\d+)")
 # attention data parallel across the TP group: TensorRT-LLM "DEP4" / enable_attention_dp, SGLang
 # --enable-dp-attention
+# when the measurement was made: a "measured=YYYY-MM" token in the notes, else the first date in
+# the source (documents name their date there)
+MEASURED = re.compile(r"\bmeasured\s*=\s*(20\d\d)-(0[1-9]|1[0-2])\b")
+SOURCE_DATE = re.compile(r"\b(20[12]\d)-(0[1-9]|1[0-2])\b")
+
+
+def measured_when(source: str, notes: str) -> float:
+    """Decimal year of the measurement (mid-month), NaN when neither notes nor source date it."""
+    m = MEASURED.search(notes) or SOURCE_DATE.search(source)
+    return int(m.group(1)) + (int(m.group(2)) - 0.5) / 12.0 if m else float("nan")
+
+
 DP_ATTENTION = re.compile(r"\bDEP\d|enable[-_]dp[-_]attention|enable_attention_dp")
 
 
@@ -320,7 +331,8 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                        dp_attention=bool(DP_ATTENTION.search(
                            f"{r.get('engine_version', '')} {r.get('notes', '')}")),
                        profile_tokens=float(mp.group(1)) if (
-                           mp := PROFILE_TOKENS.search(r.get("notes", ""))) else float("nan")))
+                           mp := PROFILE_TOKENS.search(r.get("notes", ""))) else float("nan"),
+                       when=measured_when(r["source"], r.get("notes", ""))))
     return out, skipped
 
 

@@ -10,7 +10,8 @@ and compute imperfectly, so near the ridge point the time is higher than either 
 - Decode at batch B and mean context c reads the dense weights, the *distinct* routed experts the
   B tokens touch (E·(1 − (1 − k/E)^B) per MoE layer: each token picks k of E experts), and B·c KV
   entries; FLOPs are 2·P_active per token (LM head included) plus 4·layers·heads·head_dim·c for
-  attention.
+  attention (MLA: over the absorbed latent when decoding, ``memory.attn_dim``; sliding-window
+  layers: over at most the window).
 - Every token also moves its activations through DRAM between kernels (``act_tok`` bytes over
   the replica, from ``deploy.ACT_RW_*``): negligible beside the weights at small batch, a real
   share of a step at thousands of tokens (a small MoE model at large batch, say).
@@ -55,6 +56,10 @@ OVERHEAD_LAYER_SHARE = 1.0
 # activation traffic among 0.5, 0.6, 0.65 and 0.7 (14.7/46.2, 14.7/45.6, 14.9/44.3, 15.2/44.9 %):
 # 0.65 is better than 0.7 on both figures and inside FlashAttention-2's published 50-73 %.
 ATTN_EFF = 0.65
+# Prompt chunk of a continuous-batching step (tokens): the default token budget of a step in
+# vLLM V1 (max_num_batched_tokens), SGLang (chunked_prefill_size) and TensorRT-LLM (max_num_tokens)
+# on datacenter GPUs is 8192 (estimate; range 2048-16384 with the engine and GPU memory).
+PREFILL_CHUNK = 8192.0
 
 
 @dataclass
@@ -77,10 +82,11 @@ class StepInputs:
     moe_layers: np.ndarray
     kv_tok: np.ndarray  # KV bytes per token over the replica (with TP replication)
     flops_tok: np.ndarray  # 2 · active params incl. LM head
-    attn: np.ndarray  # layers · heads · head_dim (attention FLOPs scale)
+    attn: np.ndarray  # decode attention FLOPs per (token, context token) / 4 (memory.attn_dim)
     hidden: np.ndarray
     layers: np.ndarray
     act_tok: np.ndarray  # activation bytes per token read and written in DRAM, over the replica
+    attn_pre: np.ndarray | None = None  # the same for prompt tokens (MLA differs); None = attn
     _k: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -88,7 +94,7 @@ class StepInputs:
 
     def take(self, idx: np.ndarray) -> StepInputs:
         return replace(self, **{k: np.asarray(v)[idx] for k, v in self.__dict__.items()
-                                if k != "_k"})
+                                if k != "_k" and v is not None})
 
     @property
     def k(self) -> dict[str, Any]:
@@ -105,6 +111,7 @@ class StepInputs:
                                    * self.hidden * ACT_BYTES / self.link_bw, 0.0),
                 "p2p": np.where(self.pp > 1, (self.pp - 1.0) * self.link_lat, 0.0),
                 "attn4": 4.0 * self.attn / ATTN_EFF,
+                "attn4p": 4.0 * (self.attn if self.attn_pre is None else self.attn_pre) / ATTN_EFF,
                 "moe": bool(np.any(self.n_experts > 0)),
                 "ov": self.overhead * (1.0 - OVERHEAD_LAYER_SHARE
                                        + OVERHEAD_LAYER_SHARE * self.layers / REF_LAYERS),
@@ -132,6 +139,23 @@ def _weights_read(s: StepInputs, tokens: np.ndarray) -> np.ndarray:
     if not s.k["moe"]:
         return s.w_dense
     return s.w_dense + s.moe_layers * experts_touched(s.n_experts, s.topk, tokens) * s.w_expert
+
+
+def _weights_read_mixed(s: StepInputs, decodes: np.ndarray, prefill: np.ndarray) -> np.ndarray:
+    """Weights read by a decode step carrying on average ``prefill`` prompt tokens.
+
+    Prompts arrive in chunks of up to ``PREFILL_CHUNK`` tokens: a share prefill / chunk of the steps
+    carries one and touches the experts of decodes + chunk tokens, the others those of the decodes
+    alone. Spreading the prompt tokens evenly over the steps instead would make every decode step
+    of a MoE model touch many more experts than it does (E(b + x) > the mixture: E is concave).
+    """
+    if not s.k["moe"]:
+        return s.w_dense
+    chunk = np.maximum(PREFILL_CHUNK, prefill)
+    share = np.clip(prefill / chunk, 0.0, 1.0)
+    e = ((1.0 - share) * experts_touched(s.n_experts, s.topk, decodes)
+         + share * experts_touched(s.n_experts, s.topk, decodes + chunk))
+    return s.w_dense + s.moe_layers * e * s.w_expert
 
 
 def _comm(s: StepInputs, tokens: np.ndarray) -> np.ndarray:
@@ -165,8 +189,9 @@ def decode_step(s: StepInputs, batch: np.ndarray, context: np.ndarray,
     tokens = b + x
     bctx = b * context
     # weights read once, KV read for the decodes and written for the prompt tokens
-    t_m = (_weights_read(s, tokens) + (bctx + x) * s.kv_tok + tokens * s.act_tok) * k["inv_bw"]
-    t_c = (tokens * s.flops_tok + k["attn4"] * (bctx + x * prefill_context)) * k["inv_pk"]
+    t_m = (_weights_read_mixed(s, b, x) + (bctx + x) * s.kv_tok + tokens * s.act_tok) * k["inv_bw"]
+    t_c = (tokens * s.flops_tok + k["attn4"] * bctx + k["attn4p"] * x * prefill_context
+           ) * k["inv_pk"]
     stage = smooth_max(t_m, t_c)
     comm = k["comm_a"] + k["comm_b"] * tokens
     total = pp * (stage + comm) + k["p2p"] + k["ov"]
@@ -182,7 +207,7 @@ def prefill_time(s: StepInputs, prompt: np.ndarray | float, n_prompts: np.ndarra
     T = L * n
     devs = s.tp * s.pp
     bytes_dev = (_weights_read(s, T) + T * (s.kv_tok + s.act_tok)) / devs
-    flops_dev = (T * s.flops_tok + 2.0 * s.attn * n * L * L / ATTN_EFF) / devs
+    flops_dev = (T * s.flops_tok + 0.5 * s.k["attn4p"] * n * L * L) / devs
     t_m = bytes_dev / (s.bw * s.eff_m)
     t_c = flops_dev / (s.peak * s.eff_c)
     # A single pass walks the stages one after another: each stage holds 1/PP of the work.

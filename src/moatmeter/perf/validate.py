@@ -21,6 +21,7 @@ from moatmeter.perf.calibrate import (
     default_calibration,
     fit,
     source_weights,
+    trend_key,
 )
 from moatmeter.perf.observations import (
     Prepared,
@@ -47,8 +48,9 @@ def _fit_prepared(p: Prepared, idx: np.ndarray | None = None, meta: dict[str, An
     if idx is None:
         idx = np.arange(len(p.obs))
     keys = [keys_all[i] for i in idx]
-    design = build_design(keys)
     sub = _subset(p, idx)
+    when = np.array([o.when for o in sub.obs], float)
+    design = build_design(keys, when)
     logm = np.log(sub.measured)
 
     def predict_log(ec: np.ndarray, em: np.ndarray, ov: np.ndarray) -> np.ndarray:
@@ -57,7 +59,17 @@ def _fit_prepared(p: Prepared, idx: np.ndarray | None = None, meta: dict[str, An
 
     theta, resid = fit(predict_log, logm, design,
                        weights=source_weights([o.source for o in sub.obs]))
-    cal = calibration_from_fit(theta, design, resid, keys, meta or {})
+    extra: dict[str, Any] = {}
+    if np.isfinite(when).any():
+        extra["newest"] = round(float(np.nanmax(when)), 3)
+    spans: dict[str, list[float]] = {}
+    for k, t in zip(keys, when, strict=True):
+        tk = trend_key(k["arch"], k["engine"])
+        if tk and np.isfinite(t):
+            lo, hi = spans.get(tk, [t, t])
+            spans[tk] = [round(float(min(lo, t)), 3), round(float(max(hi, t)), 3)]
+    extra["trend_range"] = spans
+    cal = calibration_from_fit(theta, design, resid, keys, {**(meta or {}), **extra})
     return cal, resid
 
 
@@ -74,7 +86,7 @@ def _subset(p: Prepared, idx: np.ndarray) -> Prepared:
 
 def _with_calib(p: Prepared, cal: Calibration, sigma_out: np.ndarray | None = None
                 ) -> np.ndarray:
-    effs = [cal.lookup(o.stack, o.engine, o.family, o.line, o.arch) for o in p.obs]
+    effs = [cal.lookup(o.stack, o.engine, o.family, o.line, o.arch, o.when) for o in p.obs]
     eff = np.array([(e.eff_compute, e.eff_memory, e.overhead_s) for e in effs], dtype=float)
     if sigma_out is not None:
         sigma_out[:] = [e.sigma for e in effs]
