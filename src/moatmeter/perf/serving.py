@@ -33,9 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moatmeter.perf.step import StepInputs, StepTime, decode_step, prefill_time
+from moatmeter.perf.step import CHUNK_TOKENS, StepInputs, StepTime, decode_step, prefill_time
 
-CHUNK_TOKENS = 2048.0  # vLLM's default chunked-prefill token budget for online serving
 N_MIN = 1e-3
 BISECT_ITERS = 12
 LN20 = float(np.log(20.0))
