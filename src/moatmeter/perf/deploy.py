@@ -243,7 +243,6 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
 
     kkey_u, kkey_i = _uniq(mo_i * len(kd_u) + kd_i, len(mo_u) * len(kd_u))
     kv_full = np.zeros(len(kkey_u))
-    kv_window = np.zeros(len(kkey_u), bool)
     bad_k = np.zeros(len(kkey_u), bool)
     for j, k in enumerate(kkey_u):
         a, d = arches[k // len(kd_u)], kd_u[k % len(kd_u)]
@@ -251,26 +250,16 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
             bad_k[j] = True
             continue
         kv_full[j] = mem.kv_bytes_per_token(a, d)
-        kv_window[j] = a.sliding_layers > 0 and a.sliding_window > 0
-    kv_tok = kv_full[kkey_i]
-    if kv_window.any():  # sliding-window layers cap at their window: depends on the context
-        for j in np.flatnonzero(kv_window):
-            rows = kkey_i == j
-            k = kkey_u[j]
-            a, d = arches[k // len(kd_u)], kd_u[k % len(kd_u)]
-            per = mem.kv_bytes_per_elem(d) or 2.0
-            full = (a.layers - a.sliding_layers)
-            kvpl = ((a.kv_lora_rank + a.qk_rope_head_dim) if a.is_mla
-                    else 2 * a.kv_heads * a.head_dim)
-            frac = np.minimum(1.0, a.sliding_window / np.maximum(ctx[rows], 1.0))
-            kv_tok[rows] = kvpl * per * (full + a.sliding_layers * frac)
-    # the same window caps the attention work of those layers
+    # sliding-window layers keep and attend over at most their window of the context: their
+    # share of the KV cache and of the attention FLOPs scales by min(1, window / context)
     win = mcol(lambda a: a.sliding_window if a.sliding_layers > 0 else 0.0)
+    window_scale = np.ones(n)
     if np.any(win > 0):
         slid = mcol(lambda a: a.sliding_layers / a.layers)
         frac = np.where(win > 0, np.minimum(1.0, win / np.maximum(ctx, 1.0)), 1.0)
-        scale = 1.0 - slid + slid * frac
-        attn, attn_pre = attn * scale, attn_pre * scale
+        window_scale = 1.0 - slid + slid * frac
+    kv_tok = kv_full[kkey_i] * window_scale
+    attn, attn_pre = attn * window_scale, attn_pre * window_scale
     reasons[(reasons == "") & bad_k[kkey_i]] = "unknown KV-cache dtype"
     is_mla = mcol(lambda a: a.is_mla) > 0
     repl = np.where(is_mla, tp, np.maximum(1.0, tp / np.maximum(kv_heads, 1.0)))

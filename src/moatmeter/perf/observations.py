@@ -85,8 +85,6 @@ OFFLINE_MAX_BATCH_DEFAULT = 1024.0
 SERVER_MAX_BATCH = {"sglang": 2048.0}
 
 
-
-
 def read_observations(path: str | Path) -> list[dict[str, str]]:
     """Rows of an observation CSV; a missing column is a one-line error naming file and column."""
     p = Path(path)
@@ -156,8 +154,6 @@ LOCKSTEP = re.compile(r"\block-step\b|\bstatic batch\b|benchmark_latency"
 # the engine's start-up profiling pass, when the notes state it (vLLM V0 without chunked prefill
 # profiles max(max_model_len, 2048) tokens and keeps their activations out of the KV cache)
 PROFILE_TOKENS = re.compile(r"\bmax_num_batched_tokens\s*=\s*(\d+)")
-# attention data parallel across the TP group: TensorRT-LLM "DEP4" / enable_attention_dp, SGLang
-# --enable-dp-attention
 # when the measurement was made: a "measured=YYYY-MM" token in the notes, else the first date in
 # the source (documents name their date there)
 MEASURED = re.compile(r"\bmeasured\s*=\s*(20\d\d)-(0[1-9]|1[0-2])\b")
@@ -170,6 +166,8 @@ def measured_when(source: str, notes: str) -> float:
     return int(m.group(1)) + (int(m.group(2)) - 0.5) / 12.0 if m else float("nan")
 
 
+# attention data parallel across the TP group: TensorRT-LLM "DEP4" / enable_attention_dp, SGLang
+# --enable-dp-attention
 DP_ATTENTION = re.compile(r"\bDEP\d|enable[-_]dp[-_]attention|enable_attention_dp")
 
 
