@@ -357,15 +357,45 @@ def test_empty_and_all_infeasible_grids():
     assert not r.feasible.any() and (r.goodput_rps == 0).all()
 
 
-def test_speculative_decoding_tokens_per_step():
-    from moatmeter.perf.step import speculative_tpot
+def _one(acc: str, model: str, tp: int = 1, wd: str = "bf16"):
+    return resolve(CAT, accelerator=np.array([acc]), stack=np.array(["vllm-cuda"]),
+                   model=np.array([model]), tp=np.array([tp]), pp=np.array([1]),
+                   weight_dtype=np.array([wd]), kv_dtype=np.array(["bf16"]),
+                   context=np.array([2048.0]), calib=Calibration()).s
 
-    step = np.array([0.010, 0.010, 0.010])
-    t = speculative_tpot(step, 0.001, np.array([4.0, 4.0, 4.0]), np.array([0.0, 0.8, 0.999999]))
-    assert t[0] == pytest.approx(0.014)  # nothing accepted: one token per (step + 4 drafts)
-    assert t[1] == pytest.approx(0.014 / ((1 - 0.8**5) / 0.2))
-    assert t[2] == pytest.approx(0.014 / 5, rel=1e-3)  # all accepted: k + 1 tokens per step
-    assert t[0] > t[1] > t[2]
+
+def test_speculative_decoding_tokens_per_step_and_when_it_pays():
+    from moatmeter.perf.speculative import acceptance_from_length
+    from moatmeter.perf.step import spec_tokens
+
+    s = _one("h100-sxm", "llama-3.1-8b")
+    assert spec_tokens(s) == 1.0 and s.with_speculation(0, 0.9).spec_k is None
+    k4 = [s.with_speculation(4, a) for a in (0.0, 0.8, 0.999999)]
+    per = [float(spec_tokens(x)[0]) for x in k4]
+    assert per[0] == pytest.approx(1.0)  # nothing accepted: one token per step
+    assert per[1] == pytest.approx((1 - 0.8**5) / 0.2)
+    assert per[2] == pytest.approx(5.0, rel=1e-4)  # all accepted: k + 1 tokens per step
+    # the engines' acceptance length maps back to the per-token probability
+    a = acceptance_from_length(3, 2.82)
+    assert (1 - a**4) / (1 - a) == pytest.approx(2.82, rel=1e-6)
+
+    def tpot(x, b):
+        return float(closed_loop(x, np.array([b]), np.array([1024.0]), np.array([256.0]))
+                     .tpot_mean[0])
+
+    # single stream is bandwidth-bound: verifying 5 tokens costs about one step, so a good
+    # drafter cuts TPOT, a useless one only adds the drafting and verification
+    assert tpot(k4[1], 1) < 0.5 * tpot(s, 1)
+    assert tpot(k4[0], 1) > tpot(s, 1)
+    # a large batch is compute-bound: 5 verified tokens per sequence cost ~5x the FLOPs for
+    # ~1.9 accepted, so speculation at acceptance 0.5 loses there
+    half = s.with_speculation(4, 0.5)
+    assert tpot(half, 1) < tpot(s, 1)
+    assert tpot(half, 256) > tpot(s, 256)
+    # drafting cost defaults to one MTP block (1/layers) and is charged per drafted token
+    assert float(k4[1].spec_draft[0]) == pytest.approx(1 / 32)
+    heavy = s.with_speculation(4, 0.8, 0.5)
+    assert tpot(heavy, 1) > tpot(k4[1], 1)
 
 
 # ------------------------------------------------------------------ bursts, stated batch, layers

@@ -96,6 +96,24 @@ def test_predict_profile_tokens_shrink_the_kv_pool(cli):
     one_line_error(cli(*base, "--profile-tokens", "0"), "profile tokens must be ≥ 1")
 
 
+def test_predict_speculative_decoding(cli):
+    base = ["predict", "--accelerator", "b200", "--count", "8", "--tp", "8", "--stack",
+            "trtllm-cuda", "--model", "deepseek-r1", "--dtype", "fp4", "--input", "1024",
+            "--output", "2048", "--concurrency", "1", "--json"]
+    off = json.loads(cli(*base).stdout)
+    on = json.loads(cli(*base, "--spec-tokens", "3", "--spec-accept-len", "2.82").stdout)
+    assert on["tpot_s"] < 0.6 * off["tpot_s"]
+    assert on["output_tokens_per_s"] > 1.6 * off["output_tokens_per_s"]
+    assert on["ttft_s"] == pytest.approx(off["ttft_s"], rel=0.05)  # prefill is not speculated
+    assert any("3 drafted tokens per step" in n and "2.82 tokens per step" in n
+               for n in on["notes"])
+    one_line_error(cli(*base, "--spec-tokens", "3"), "field 'spec-accept'", "--spec-accept-len")
+    one_line_error(cli(*base, "--spec-tokens", "3", "--spec-accept", "1.5"), "[0, 1)")
+    one_line_error(cli(*base, "--spec-tokens", "3", "--spec-accept-len", "5"),
+                   "between 1 and spec tokens + 1 = 4")
+    one_line_error(cli(*base, "--spec-accept", "0.5"), "need --spec-tokens ≥ 1")
+
+
 def test_predict_text_and_rate(cli):
     p = cli(*PREDICT, "--rate", "2")
     assert p.returncode == 0, p.stderr
@@ -169,6 +187,25 @@ def test_validate_contract_and_skips(cli, tmp_path):
     reasons = {s["id"]: s["reason"] for s in d["summary"]["skipped"]}
     assert "unknown accelerator" in reasons["x-unknown-acc"]
     assert "unsupported metric" in reasons["x-bad-metric"]
+
+
+def test_validate_models_speculative_rows(cli, tmp_path):
+    rows = read_observations(bundled_observations())
+    mtp = next(r for r in rows if r["id"] == "trtllm-blog1-dsr1-b200x8-bs1-mtp3-out")
+    plain = next(r for r in rows if r["id"] == "trtllm-blog1-dsr1-b200x8-bs1-nomtp-out")
+    bad = dict(mtp, id="x-spec-bad", notes=mtp["notes"].replace("accept_len=2.82",
+                                                                "accept_len=7"))
+    none = dict(mtp, id="x-spec-none", notes=mtp["notes"].replace("accept_len=2.82", ""))
+    path = _write(tmp_path / "spec.csv", [plain, mtp, bad, none])
+    p = cli("validate", "--observations", str(path), "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    pred = {r["id"]: r["predicted"] for r in d["rows"]}
+    # same deployment and fit: 3 MTP drafts at 2.82 tokens per step more than double tok/s
+    assert 2.0 < pred[mtp["id"]] / pred[plain["id"]] < 2.82
+    skipped = {s["id"]: s["reason"] for s in d["summary"]["skipped"]}
+    assert "acceptance length must be between 1 and spec tokens + 1" in skipped["x-spec-bad"]
+    assert "--spec-accept" in skipped["x-spec-none"]
 
 
 def test_validate_missing_column(cli, tmp_path):

@@ -54,6 +54,19 @@ def predict_cmd(
         "--profile-tokens", help="Tokens of the engine's start-up profiling pass, whose "
         "activations it keeps out of the KV cache: vLLM V0 without chunked prefill profiles "
         "max(max_model_len, 2048). Default: a small chunk, as current engines do.")] = None,
+    spec_tokens: Annotated[int, typer.Option(
+        "--spec-tokens", help="Speculative decoding: tokens drafted per step (MTP layers, EAGLE "
+        "or draft-model tokens; 0 = off).")] = 0,
+    spec_accept: Annotated[float | None, typer.Option(
+        "--spec-accept", help="Per-token probability that a drafted token is accepted, "
+        "in [0, 1).")] = None,
+    spec_accept_len: Annotated[float | None, typer.Option(
+        "--spec-accept-len", help="Or the engine's measured mean acceptance length: tokens per "
+        "step, 1 to spec-tokens + 1 (TensorRT-LLM and SGLang print it).")] = None,
+    spec_draft_cost: Annotated[float | None, typer.Option(
+        "--spec-draft-cost", help="Drafting one token as a fraction of a decode step. Default "
+        "1/layers (one MTP block); a separate draft model: its parameters over the "
+        "target's.")] = None,
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -76,7 +89,9 @@ def predict_cmd(
                            model=model, weight_dtype=dtype, kv_dtype=kv_dtype,
                            input_tokens=input_tokens, output_tokens=output_tokens,
                            concurrency=concurrency, rate=rate, max_batch=max_batch,
-                           dp_attention=dp_attention, profile_tokens=profile_tokens)
+                           dp_attention=dp_attention, profile_tokens=profile_tokens,
+                           spec_tokens=spec_tokens, spec_accept=spec_accept,
+                           spec_accept_len=spec_accept_len, spec_draft_cost=spec_draft_cost)
     if json_out:
         print_json(p.to_dict())
         return

@@ -20,7 +20,9 @@ from moatmeter.perf import memory as mem
 from moatmeter.perf.calibrate import Calibration
 from moatmeter.perf.deploy import Resolved, resolve
 from moatmeter.perf.serving import ServingPoint, closed_loop, goodput, open_loop
+from moatmeter.perf.speculative import speculation
 from moatmeter.perf.step import StepTime
+from moatmeter.perf.step import spec_tokens as spec_tokens_per_step
 from moatmeter.perf.types import SLO, DeploymentGrid, GridResult, Workload
 
 Z90 = 1.2816
@@ -159,7 +161,9 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                        concurrency: float | None = None, rate: float | None = None,
                        max_batch: int | None = None, calib: Calibration | None = None,
                        dp_attention: bool = False,
-                       profile_tokens: int | None = None) -> Prediction:
+                       profile_tokens: int | None = None, spec_tokens: int = 0,
+                       spec_accept: float | None = None, spec_accept_len: float | None = None,
+                       spec_draft_cost: float | None = None) -> Prediction:
     """Predict one deployment (``count`` devices = ``count / (tp·pp)`` data-parallel replicas).
 
     ``dp_attention``: attention data-parallel inside the TP group (SGLang --enable-dp-attention,
@@ -168,6 +172,12 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
     ``profile_tokens``: tokens of the engine's start-up profiling pass, whose activations it keeps
     out of the KV cache (vLLM V0 without chunked prefill: max(max_model_len, 2048)); None for
     engines that profile a small chunk (the default of current engines).
+
+    ``spec_tokens``: speculative decoding with that many drafted tokens per step (0 = off), each
+    accepted with probability ``spec_accept``, or give the engine's measured mean acceptance
+    length ``spec_accept_len`` (tokens per step, 1 … spec_tokens + 1) instead;
+    ``spec_draft_cost``: drafting one token as a fraction of a decode step (default 1/layers, an
+    MTP head; a separate draft model: its parameters over the target's).
 
     Throughputs are for all ``count`` devices; the load (concurrency or Poisson rate) is split
     evenly across replicas; with neither it is offline maximum throughput.
@@ -187,6 +197,7 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
     if profile_tokens is not None and not (profile_tokens >= 1):
         raise InputError(f"profile tokens must be ≥ 1, got {profile_tokens}",
                          field="profile-tokens")
+    accept = speculation(spec_tokens, spec_accept, spec_accept_len, spec_draft_cost)
     wd = mem.norm_dtype(weight_dtype)
     if mem.weight_bytes_per_param(wd) is None:
         raise InputError(f"unknown weight dtype '{weight_dtype}' (known: "
@@ -216,6 +227,13 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                 dp_attention=np.array([bool(dp_attention)]),
                 profile_tokens=None if profile_tokens is None else np.array(
                     [float(profile_tokens)]))
+    if spec_tokens:
+        r.s = r.s.with_speculation(spec_tokens, accept, spec_draft_cost)
+        per = float(np.ravel(spec_tokens_per_step(r.s))[0])
+        draft = float(np.ravel(r.s.spec_draft)[0])
+        pre_notes.append(f"speculative decoding: {spec_tokens} drafted tokens per step, "
+                         f"acceptance {accept:.2f}, {per:.2f} tokens per step, drafting "
+                         f"{draft:.3g} of a decode step per token")
     p = _prediction(r, accelerator, stack, model, count, tp, pp, wd, kd, input_tokens,
                     output_tokens, concurrency, rate, replicas)
     if profile_tokens is not None:

@@ -60,7 +60,8 @@ from moatmeter.perf import memory as mem
 from moatmeter.perf.calibrate import Calibration, arch_class, product_line
 from moatmeter.perf.deploy import DEFAULT_MAX_BATCH, Resolved, resolve
 from moatmeter.perf.serving import closed_loop, goodput, open_loop
-from moatmeter.perf.step import decode_step, prefill_time
+from moatmeter.perf.speculative import speculation
+from moatmeter.perf.step import decode_step, prefill_time, spec_tokens
 
 REQUIRED = ("id", "source", "accelerator", "count", "engine", "backend", "model", "weight_dtype",
             "scenario", "input_len", "output_len", "metric", "value")
@@ -145,6 +146,8 @@ class Obs:
     lockstep: bool = False  # fixed-length closed loop whose slots start and end together
     profile_tokens: float = float("nan")  # tokens of the engine's start-up profiling pass
     when: float = float("nan")  # measurement date as a decimal year (NaN: unknown)
+    spec_k: float = 0.0  # speculative decoding: drafted tokens per step (0 = off)
+    spec_accept: float = 0.0  # per-token acceptance probability
 
 
 # B slots that start and end together: a stated lock-step run, a static batch (TensorRT-LLM
@@ -169,6 +172,11 @@ def measured_when(source: str, notes: str) -> float:
 # attention data parallel across the TP group: TensorRT-LLM "DEP4" / enable_attention_dp, SGLang
 # --enable-dp-attention
 DP_ATTENTION = re.compile(r"\bDEP\d|enable[-_]dp[-_]attention|enable_attention_dp")
+# speculative decoding as the notes state it: "spec_tokens=3" drafted tokens per step with either
+# "accept_len=2.82" (mean tokens per step, as engines print it) or "accept=0.77" (per token)
+SPEC_TOKENS = re.compile(r"\bspec_tokens\s*=\s*(\d+)")
+SPEC_ACCEPT_LEN = re.compile(r"\baccept_len\s*=\s*([\d.]+)")
+SPEC_ACCEPT = re.compile(r"\baccept\s*=\s*([\d.]+)")
 
 
 def _num(v: str) -> float | None:
@@ -305,6 +313,17 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
             continue
         tp, pp = par
         acc = cat.accelerator(acc_id)
+        notes = r.get("notes", "")
+        spec_k, spec_a = 0.0, 0.0
+        if mk := SPEC_TOKENS.search(notes):
+            spec_k = float(mk.group(1))
+            ml, ma = SPEC_ACCEPT_LEN.search(notes), SPEC_ACCEPT.search(notes)
+            try:
+                spec_a = speculation(int(spec_k), float(ma.group(1)) if ma else None,
+                                     float(ml.group(1)) if ml else None, None)
+            except (InputError, ValueError) as e:
+                skip(rid, f"speculative decoding in the notes: {e}")
+                continue
         ttft_slo, tpot_slo = _slo(r.get("notes", ""))
         mr = re.search(r"\brate\s*=?\s*([\d.]+)\s*req/s", r.get("notes", ""))
         rate = float(mr.group(1)) if mr and scen == "server" else float("nan")
@@ -330,7 +349,8 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                            f"{r.get('engine_version', '')} {r.get('notes', '')}")),
                        profile_tokens=float(mp.group(1)) if (
                            mp := PROFILE_TOKENS.search(r.get("notes", ""))) else float("nan"),
-                       when=measured_when(r["source"], r.get("notes", ""))))
+                       when=measured_when(r["source"], r.get("notes", "")),
+                       spec_k=spec_k, spec_accept=spec_a))
     return out, skipped
 
 
@@ -379,6 +399,8 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
                   kv_dtype=col["kv_dtype"], context=ctx, max_batch=mb, calib=calib,
                   dp_attention=np.array([o.dp_attention for o in obs], dtype=bool),
                   profile_tokens=np.array([o.profile_tokens for o in obs], dtype=float))
+    res.s = res.s.with_speculation(np.array([o.spec_k for o in obs], dtype=float),
+                                   np.array([o.spec_accept for o in obs], dtype=float))
     keep = np.flatnonzero(res.feasible)
     skipped = [{"id": obs[i].id, "reason": f"infeasible as mapped: {res.reason[i]}"}
                for i in np.flatnonzero(~res.feasible)]
@@ -480,8 +502,9 @@ def burst(s: Any, n: np.ndarray, bcap: np.ndarray, inp: np.ndarray, out: np.ndar
                             1.0)
     step = decode_step(s, mean_batch, inp + out / 2.0).total
     steady = closed_loop(s, wave, inp, out).rate_rps
-    span = (n - wave) / steady + pf + np.maximum(longest - 1.0, 0.0) * step
-    return n / span, pf, step
+    per = spec_tokens(s)
+    span = (n - wave) / steady + pf + np.maximum(longest - 1.0, 0.0) / per * step
+    return n / span, pf, step / per
 
 
 def lockstep(s: Any, b: np.ndarray, inp: np.ndarray, out: np.ndarray

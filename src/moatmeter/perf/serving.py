@@ -23,6 +23,10 @@ grows with N) and λ_max = λ(B_cap), B_cap = min(engine max batch, KV-pool sequ
 - p95 of a waiting time ≈ its mean · ln 20 (exponential tail); p95 of the running batch is
   N + 1.645·√N (Poisson count), capped at B_cap, which sets p95 TPOT and the interference in TTFT.
 
+Speculative decoding (``StepInputs.with_speculation``): a request's O − 1 decode tokens take
+(O − 1) / E steps, E = ``step.spec_tokens`` tokens per step, each step a draft-and-verify step;
+TPOT = step / E.
+
 Goodput is the largest λ whose p95 TTFT and p95 TPOT meet the SLO. Both grow with N, so a
 vectorised bisection on log N over (N_MIN, B_cap) finds it in ``BISECT_ITERS`` array passes.
 """
@@ -33,7 +37,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moatmeter.perf.step import CHUNK_TOKENS, StepInputs, StepTime, decode_step, prefill_time
+from moatmeter.perf.step import (
+    CHUNK_TOKENS,
+    StepInputs,
+    StepTime,
+    decode_step,
+    prefill_time,
+    spec_tokens,
+)
 
 N_MIN = 1e-3
 BISECT_ITERS = 12
@@ -59,12 +70,18 @@ def _chunks(inp: np.ndarray) -> np.ndarray:
     return np.ceil(np.maximum(inp, 1.0) / CHUNK_TOKENS)
 
 
+def _decode_steps(s: StepInputs, out: np.ndarray) -> np.ndarray:
+    """Decode steps after the first token: O − 1, fewer when speculation yields more per step."""
+    return np.maximum(out - 1.0, 0.0) / spec_tokens(s)
+
+
 def _decode(s: StepInputs, n: np.ndarray, inp: np.ndarray, out: np.ndarray) -> StepTime:
     """A step this request decodes in: itself plus the other n−1 requests' average mix."""
     c = _chunks(inp)
-    life = c + np.maximum(out - 1.0, 0.0)
+    d = _decode_steps(s, out)
+    life = c + d
     others = np.maximum(n - 1.0, 0.0)
-    dec = 1.0 + others * np.maximum(out - 1.0, 0.0) / life
+    dec = 1.0 + others * d / life
     pre_tok = others * inp / life
     return decode_step(s, dec, inp + out / 2.0, pre_tok, inp / 2.0)
 
@@ -72,9 +89,10 @@ def _decode(s: StepInputs, n: np.ndarray, inp: np.ndarray, out: np.ndarray) -> S
 def _ttft(s: StepInputs, n: np.ndarray, inp: np.ndarray, out: np.ndarray) -> np.ndarray:
     """The steps that carry this request's prompt chunks, beside the others' average mix."""
     c = _chunks(inp)
-    life = c + np.maximum(out - 1.0, 0.0)
+    d = _decode_steps(s, out)
+    life = c + d
     others = np.maximum(n - 1.0, 0.0)
-    dec = others * np.maximum(out - 1.0, 0.0) / life
+    dec = others * d / life
     pre_tok = others * inp / life + inp / c
     return c * decode_step(s, dec, inp + out / 2.0, pre_tok, inp / 2.0).total
 
@@ -87,14 +105,15 @@ def closed_loop(s: StepInputs, concurrency: np.ndarray, inp: np.ndarray, out: np
     out = np.asarray(out, float)
     st = _decode(s, b, inp, out)
     ttft = _ttft(s, b, inp, out)
-    dec = np.maximum(out - 1.0, 0.0)
+    dec = _decode_steps(s, out)
     rps = b / (ttft + dec * st.total)
     # A scheduler can always serve one request at a time: never below single stream.
     one = np.ones_like(b)
     rps1 = 1.0 / (_ttft(s, one, inp, out) + dec * _decode(s, one, inp, out).total)
     rps = np.maximum(rps, rps1)
+    tpot = st.total / spec_tokens(s)
     return ServingPoint(concurrency=b, rate_rps=rps, ttft_mean=ttft, ttft_p95=ttft,
-                        tpot_mean=st.total, tpot_p95=st.total, output_tps=rps * out, step=st)
+                        tpot_mean=tpot, tpot_p95=tpot, output_tps=rps * out, step=st)
 
 
 @dataclass
@@ -124,7 +143,7 @@ def _open_at(c: _Ctx, n: np.ndarray) -> ServingPoint:
     st = _decode(s, n1, inp, out)
     ttft0 = _ttft(s, n1, inp, out)
     # below one request in the system on average, requests mostly run alone
-    lam = n / (ttft0 + np.maximum(out - 1.0, 0.0) * st.total)
+    lam = n / (ttft0 + _decode_steps(s, out) * st.total)
     rho = np.clip(lam / c.lam_max, 0.0, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         lq = rho ** np.sqrt(2.0 * (c.bcap + 1.0)) / (1.0 - rho)
@@ -136,8 +155,10 @@ def _open_at(c: _Ctx, n: np.ndarray) -> ServingPoint:
     # an arrival also waits, on average, half of the step in progress
     ttft_mean = ttft0 + 0.5 * st.total + wq_slot + wq_pre
     ttft95 = _ttft(s, np.maximum(n95, 1.0), inp, out) + st95.total + LN20 * (wq_slot + wq_pre)
+    per = spec_tokens(s)
     return ServingPoint(concurrency=n, rate_rps=lam, ttft_mean=ttft_mean, ttft_p95=ttft95,
-                        tpot_mean=st.total, tpot_p95=st95.total, output_tps=lam * out, step=st)
+                        tpot_mean=st.total / per, tpot_p95=st95.total / per,
+                        output_tps=lam * out, step=st)
 
 
 def open_loop(s: StepInputs, rate: np.ndarray, inp: np.ndarray, out: np.ndarray,

@@ -29,8 +29,15 @@ and compute imperfectly, so near the ridge point the time is higher than either 
   launches, per-layer synchronisation) scales with the layer count, the rest (scheduler,
   sampler) would not — so 14 ms fitted on a 126-layer 405B model is not charged in full to an 8B.
   Cross-validation currently puts the whole of it per layer (share 1.0).
-- Speculative decoding verifies k drafted tokens per step; with per-token acceptance a the step
-  yields (1 − a^(k+1)) / (1 − a) tokens.
+- Speculative decoding (``StepInputs.with_speculation``): each decode step first drafts k tokens
+  per sequence, each draft costing ``spec_draft`` of a plain decode step (an MTP head is one
+  more transformer block: 1/layers; a separate draft model: its size over the target's), then
+  verifies them in one target pass of k + 1 query tokens per sequence. The verify pass reads
+  the weights and each sequence's KV once (the k + 1 queries share them) but does k + 1 times the
+  FLOPs, touches the experts of B·(k + 1) tokens and moves k + 1 tokens' activations. With
+  per-token acceptance a (drafts accepted independently until the first rejection, Leviathan et
+  al. 2023) a step yields (1 − a^(k+1)) / (1 − a) tokens per sequence: a win while decode is
+  memory- or overhead-bound, a loss once the batch makes it compute-bound.
 """
 
 from __future__ import annotations
@@ -89,6 +96,11 @@ class StepInputs:
     layers: np.ndarray
     act_tok: np.ndarray  # activation bytes per token read and written in DRAM, over the replica
     attn_pre: np.ndarray | None = None  # the same for prompt tokens (MLA differs); None = attn
+    # speculative decoding (None = off): drafted tokens per step, per-token acceptance, and the
+    # cost of drafting one token as a fraction of a plain decode step
+    spec_k: np.ndarray | None = None
+    spec_accept: np.ndarray | None = None
+    spec_draft: np.ndarray | None = None
     _k: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -122,6 +134,21 @@ class StepInputs:
 
     def with_eff(self, eff_c: np.ndarray, eff_m: np.ndarray, overhead: np.ndarray) -> StepInputs:
         return replace(self, eff_c=eff_c, eff_m=eff_m, overhead=overhead)
+
+    def with_speculation(self, k: Any, accept: Any, draft: Any = None) -> StepInputs:
+        """Speculative decoding on: ``k`` drafted tokens per step (0 = off for that row), per-token
+        acceptance ``accept`` in [0, 1), drafting cost per token ``draft`` (default 1/layers: one
+        MTP block)."""
+        n = len(self)
+        k_ = np.broadcast_to(np.asarray(k, float), (n,)).copy()
+        a_ = np.broadcast_to(np.asarray(accept, float), (n,)).copy()
+        d_ = (1.0 / np.maximum(self.layers, 1.0) if draft is None
+              else np.broadcast_to(np.asarray(draft, float), (n,)).copy())
+        d_ = np.where(np.isfinite(d_), d_, 1.0 / np.maximum(self.layers, 1.0))
+        if not np.any(k_ > 0):
+            return replace(self, spec_k=None, spec_accept=None, spec_draft=None)
+        return replace(self, spec_k=np.maximum(k_, 0.0), spec_accept=np.clip(a_, 0.0, 0.999999),
+                       spec_draft=np.maximum(d_, 0.0))
 
 
 def smooth_max(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -177,23 +204,48 @@ class StepTime:
     bytes_per_device: np.ndarray  # per stage-step
 
 
+def spec_tokens(s: StepInputs) -> np.ndarray | float:
+    """Tokens a decode step yields per sequence: 1, or (1 − a^(k+1)) / (1 − a) when speculating."""
+    if s.spec_k is None or s.spec_accept is None:
+        return 1.0
+    a = s.spec_accept
+    return (1.0 - a ** (s.spec_k + 1.0)) / (1.0 - a)
+
+
 def decode_step(s: StepInputs, batch: np.ndarray, context: np.ndarray,
                 prefill_tokens: np.ndarray | float = 0.0, prefill_context: np.ndarray | float = 0.0
                 ) -> StepTime:
     """One continuous-batching step: ``batch`` decodes plus ``prefill_tokens`` prompt tokens.
 
     ``prefill_context`` is the mean causal context of those prefill tokens (about half the prompt).
+    With speculative decoding on, the step drafts and verifies (see the module docstring) and
+    yields ``spec_tokens(s)`` tokens per decoding sequence.
     """
+    if s.spec_k is None:
+        return _step(s, batch, context, prefill_tokens, prefill_context, 1.0)
+    verify = _step(s, batch, context, prefill_tokens, prefill_context, 1.0 + s.spec_k)
+    # drafting runs only for the sequences that decode in this step
+    draft = (s.spec_k * s.spec_draft * np.minimum(np.asarray(batch, float), 1.0)
+             * _step(s, batch, context, 0.0, 0.0, 1.0).total)
+    return replace(verify, total=verify.total + draft)
+
+
+def _step(s: StepInputs, batch: np.ndarray | float, context: np.ndarray,
+          prefill_tokens: np.ndarray | float, prefill_context: np.ndarray | float,
+          queries: np.ndarray | float) -> StepTime:
+    """A target pass with ``queries`` query tokens per decoding sequence (k + 1 when verifying)."""
     k = s.k
     pp = s.pp
     b = np.asarray(batch, float) / pp
     x = np.asarray(prefill_tokens, float) / pp
-    tokens = b + x
+    bq = b * queries
+    tokens = bq + x
     bctx = b * context
     # weights read once, KV read for the decodes and written for the prompt tokens
-    t_m = (_weights_read_mixed(s, b, x) + (bctx + x) * s.kv_tok + tokens * s.act_tok) * k["inv_bw"]
-    t_c = (tokens * s.flops_tok + k["attn4"] * bctx + k["attn4p"] * x * prefill_context
-           ) * k["inv_pk"]
+    t_m = (_weights_read_mixed(s, bq, x) + (bctx + x) * s.kv_tok + tokens * s.act_tok
+           ) * k["inv_bw"]
+    t_c = (tokens * s.flops_tok + k["attn4"] * bctx * queries
+           + k["attn4p"] * x * prefill_context) * k["inv_pk"]
     stage = smooth_max(t_m, t_c)
     comm = k["comm_a"] + k["comm_b"] * tokens
     total = pp * (stage + comm) + k["p2p"] + k["ov"]
@@ -220,16 +272,3 @@ def prefill_time(s: StepInputs, prompt: np.ndarray | float, n_prompts: np.ndarra
     return StepTime(total=total, memory=s.pp * t_m, compute=s.pp * t_c, comm=comm + p2p,
                     overhead=s.k["ov"],
                     bytes_per_device=bytes_dev)
-
-
-def speculative_tpot(step_k: np.ndarray, draft_cost: np.ndarray | float, k: np.ndarray | float,
-                     accept: np.ndarray | float) -> np.ndarray:
-    """Time per output token when each step verifies ``k`` drafted tokens.
-
-    ``step_k`` is the target step time with (k+1) tokens per sequence, ``draft_cost`` the time to
-    draft one token; ``accept`` the per-token acceptance probability.
-    """
-    a = np.clip(np.asarray(accept, float), 0.0, 0.999999)
-    k = np.asarray(k, float)
-    tokens = (1.0 - a ** (k + 1.0)) / (1.0 - a)
-    return (step_k + k * draft_cost) / tokens
