@@ -102,13 +102,26 @@ class StepInputs:
     spec_accept: np.ndarray | None = None
     spec_draft: np.ndarray | None = None
     _k: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _spec: tuple[np.ndarray, StepInputs] | None = field(default=None, init=False, repr=False,
+                                                         compare=False)
 
     def __len__(self) -> int:
         return len(self.peak)
 
     def take(self, idx: np.ndarray) -> StepInputs:
-        return replace(self, **{k: np.asarray(v)[idx] for k, v in self.__dict__.items()
-                                if k != "_k" and v is not None})
+        sub = replace(self, **{k: np.asarray(v)[idx] for k, v in self.__dict__.items()
+                               if k not in ("_k", "_spec") and v is not None})
+        if sub.spec_k is not None and not np.any(sub.spec_k > 0):
+            sub = replace(sub, spec_k=None, spec_accept=None, spec_draft=None)
+        return sub
+
+    @property
+    def speculating(self) -> tuple[np.ndarray, StepInputs]:
+        """(indices, sub-inputs) of the rows that speculate, computed once (drafting cost)."""
+        if self._spec is None:
+            on = np.flatnonzero(self.spec_k > 0) if self.spec_k is not None else np.zeros(0, int)
+            self._spec = (on, self.take(on))
+        return self._spec
 
     @property
     def k(self) -> dict[str, Any]:
@@ -224,9 +237,14 @@ def decode_step(s: StepInputs, batch: np.ndarray, context: np.ndarray,
     if s.spec_k is None:
         return _step(s, batch, context, prefill_tokens, prefill_context, 1.0)
     verify = _step(s, batch, context, prefill_tokens, prefill_context, 1.0 + s.spec_k)
-    # drafting runs only for the sequences that decode in this step
-    draft = (s.spec_k * s.spec_draft * np.minimum(np.asarray(batch, float), 1.0)
-             * _step(s, batch, context, 0.0, 0.0, 1.0).total)
+    # drafting: only on the rows that speculate, only for sequences that decode in this step
+    on, sub = s.speculating
+    n = len(s)
+    b = np.broadcast_to(np.asarray(batch, float), (n,))[on]
+    ctx = np.broadcast_to(np.asarray(context, float), (n,))[on]
+    draft = np.zeros(n)
+    draft[on] = (sub.spec_k * sub.spec_draft * np.minimum(b, 1.0)
+                 * _step(sub, b, ctx, 0.0, 0.0, 1.0).total)
     return replace(verify, total=verify.total + draft)
 
 
