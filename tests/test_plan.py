@@ -177,6 +177,14 @@ def _run_bad(tmp_path, text: str) -> subprocess.CompletedProcess:
      "horizon_yaers", "unknown field"),
     ("model: llama-3.1-8b\ntraffic: {requests_per_s: 1, input_tokenz: 5}\n",
      "traffic.input_tokenz", "unknown field"),
+    ("model: llama-3.1-8b\ntraffic: {requests_per_s: 1}\n"
+     "speculative: {tokens: 3, accept: 0.7, accept_len: 2.5}\n", "speculative",
+     "exactly one of accept"),
+    ("model: llama-3.1-8b\ntraffic: {requests_per_s: 1}\n"
+     "speculative: {tokens: 3, accept_len: 4.5}\n", "speculative", "exceeds tokens + 1 = 4"),
+    ("model: llama-3.1-8b\ntraffic: {requests_per_s: 1}\n"
+     "speculative: {tokens: 0, accept: 0.5}\n", "speculative.tokens",
+     "greater than or equal to 1"),
 ])
 def test_bad_scenario_files_one_line_exit_2(tmp_path, text, field, words):
     proc = _run_bad(tmp_path, text)
@@ -245,3 +253,33 @@ def test_rack_unit_cap_rejects_with_reason_and_reports_space(cat):
     assert all(o.rack_units <= 8 for o in r.options if o.kind == "own")
     too_big = [x for x in r.rejected if "constraints.max_rack_units 8" in x.reason]
     assert too_big and all("rack units" in x.reason for x in too_big)
+
+
+def test_speculative_decoding_only_where_shipped_and_where_it_pays(cat):
+    over = {"constraints": {"accelerators": ["mi300x"], "stacks": ["vllm-rocm", "tgi-rocm"],
+                            "precisions": ["fp8"]},
+            "traffic": {"requests_per_s": 2.0, "input_tokens": 1000, "output_tokens": 500}}
+    base = plan(_scn(**over), cat, samples=500, seed=1)
+    tight = dict(over, slo={"ttft_p95_s": 2.0, "tpot_p95_s": 0.03})
+    sp = {"tokens": 3, "accept_len": 2.8}
+    spec = plan(_scn(**over, speculative=sp), cat, samples=500, seed=1)
+
+    def own(r, stack):
+        return [o for o in r.options if o.kind == "own" and o.stack == stack]
+
+    # never worse: kept only where it raises goodput (a large compute-bound batch loses)
+    for st in ("vllm-rocm", "tgi-rocm"):
+        for a, b in zip(own(base, st), own(spec, st), strict=True):
+            assert b.goodput_rps_per_replica >= a.goodput_rps_per_replica - 1e-9
+    # TGI on ROCm lists it as "partial": never applied there
+    assert not any("speculative decoding on" in o.note for o in own(spec, "tgi-rocm"))
+    note = next(n for n in spec.notes if n.startswith("speculative decoding"))
+    assert "tried on vllm-rocm" in note and "not on tgi-rocm" in note
+    assert not any(n.startswith("speculative decoding") for n in base.notes)
+    # under a tight TPOT SLO the batch is small and bandwidth-bound: there it pays
+    t0 = plan(_scn(**tight), cat, samples=500, seed=1)
+    t1 = plan(_scn(**tight, speculative=sp), cat, samples=500, seed=1)
+    g0 = max(o.goodput_rps_per_replica for o in own(t0, "vllm-rocm"))
+    g1 = max(o.goodput_rps_per_replica for o in own(t1, "vllm-rocm"))
+    assert g1 > 1.15 * g0
+    assert any("speculative decoding on" in o.note for o in own(t1, "vllm-rocm"))

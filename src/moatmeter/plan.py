@@ -275,9 +275,10 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
         stack=np.array([c.stack.id for c in cands]),
         tp=np.array([c.tp for c in cands]), pp=np.array([c.pp for c in cands]),
         weight_dtype=np.array([c.prec for c in cands]), kv_dtype=np.array([c.kv for c in cands]))
+    spec = _speculation(scn, catalog, grid, notes)
     res = evaluate_grid(catalog, model, grid,
                         Workload(t.in_tok, t.out_tok, t.prefix_cache_hit),
-                        SLO(scn.slo.ttft_p95_s, scn.slo.tpot_p95_s))
+                        SLO(scn.slo.ttft_p95_s, scn.slo.tpot_p95_s), speculation=spec)
 
     base = ps.base()
     c2s = base[rows["dgx_h100_max_power"]] * 1000.0 / (8.0 * base[rows["h100_tdp"]])
@@ -336,7 +337,10 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
             interactivity_tok_s=(1.0 / tpot) if tpot > 0 else None,
             eff_sigma=float(np.nan_to_num(res.eff_sigma[i])), bottleneck=str(res.bottleneck[i]),
             power_kw=kw, rack_units=ru, price_source=pr[1], migration=mig.describe(),
-            note=res.calibration_note[i] if i < len(res.calibration_note) else "")
+            note="; ".join(x for x in (
+                res.calibration_note[i] if i < len(res.calibration_note) else "",
+                "speculative decoding on" if i < len(res.speculating) and res.speculating[i]
+                else "") if x))
         own.append(o)
         meta.append({"price_row": pr[0], "group": groups[key], "mig": mig, "stack": c.stack,
                      "acc": c.acc, "kv": c.kv})
@@ -550,6 +554,28 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
                       _demand(scn), samples, seed, notes, tornado_own=tor_own)
 
 
+def _speculation(scn: Scenario, cat: Catalog, grid: Any, notes: list[str]
+                 ) -> tuple[int, float, float | None] | None:
+    """The scenario's speculative decoding as (k, per-token acceptance, draft cost), noted."""
+    sp = scn.speculative
+    if sp is None:
+        return None
+    from moatmeter.perf.api import spec_supported
+    from moatmeter.perf.speculative import speculation
+
+    a = speculation(sp.tokens, sp.accept, sp.accept_len, sp.draft_cost)
+    stacks = sorted(set(grid.stack.tolist()))
+    on = [st for st in stacks if spec_supported(cat, st)]
+    off = [st for st in stacks if st not in on]
+    msg = (f"speculative decoding: {sp.tokens} drafted tokens per step at per-token acceptance "
+           f"{a:.2f}, tried on {', '.join(on) or 'no candidate stack'} and kept where it raises "
+           "goodput (options say 'speculative decoding on')")
+    if off:
+        msg += f"; not on {', '.join(off)} (the catalog does not list it as shipped there)"
+    notes.append(msg)
+    return sp.tokens, a, sp.draft_cost
+
+
 def _length_ends(cat: Catalog, model: Any, scn: Scenario, opts: list[Option],
                  metas: list[dict[str, Any]], rin: Any, rout: Any) -> None:
     """Goodput of each kept deployment at the short and long ends of the length ranges."""
@@ -564,7 +590,8 @@ def _length_ends(cat: Catalog, model: Any, scn: Scenario, opts: list[Option],
     pc = scn.traffic.prefix_cache_hit
     ends = []
     for li, lo_ in ((rin.low, rout.low), (rin.high, rout.high)):
-        res = evaluate_grid(cat, model, grid, Workload(li, lo_, pc), slo)
+        res = evaluate_grid(cat, model, grid, Workload(li, lo_, pc), slo,
+                            speculation=_speculation(scn, cat, grid, []))
         ends.append(np.where(res.feasible, res.goodput_rps, 0.0))
     for i, o in enumerate(opts):
         o.capacity_lo_rps = float(ends[0][i]) * o.replicas

@@ -158,11 +158,31 @@ class ApiPrice(_Strict):
     source: str = Field(min_length=3)
 
 
+class Speculation(_Strict):
+    """Speculative decoding (MTP, EAGLE, a draft model) on the stacks that support it."""
+
+    tokens: Annotated[int, Field(ge=1, le=16)]  # drafted tokens per step
+    accept: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None  # per-token probability
+    accept_len: Annotated[float, Field(ge=1.0)] | None = None  # or mean tokens per step
+    draft_cost: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # of a decode step
+
+    @model_validator(mode="after")
+    def _one_acceptance(self) -> Speculation:
+        if (self.accept is None) == (self.accept_len is None):
+            raise ValueError("give exactly one of accept (per-token probability) and accept_len "
+                             "(mean tokens per step)")
+        if self.accept_len is not None and self.accept_len > self.tokens + 1:
+            raise ValueError(f"accept_len {self.accept_len} exceeds tokens + 1 = "
+                             f"{self.tokens + 1}")
+        return self
+
+
 class Scenario(_Strict):
     name: str = "scenario"
     model: str
     traffic: Traffic
     slo: SLOSpec = SLOSpec()
+    speculative: Speculation | None = None
     horizon_years: Annotated[float, Field(gt=0.0, le=15.0)] = 3.0
     site: Site = Site()
     constraints: Constraints = Constraints()

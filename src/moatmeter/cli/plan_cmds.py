@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
     def plan_cmd(
         scenario: Annotated[Path | None, typer.Argument(
             help="Scenario YAML file (model, traffic, slo, horizon_years, site, constraints, "
-                 "incumbency).", show_default=False)] = None,
+                 "incumbency, speculative).", show_default=False)] = None,
         model: Annotated[str | None, typer.Option(help="Model id or config.json path.")] = None,
         requests_per_s: Annotated[float | None, typer.Option(
             help="Average request rate during active hours.")] = None,
@@ -156,6 +156,9 @@ def register(app: typer.Typer) -> None:
             note = f"  [{c['note']}]" if c.get("note") else ""
             out.print(f"P({c['a']} cheaper than {c['b']}) = {c['p_a_beats_b']:.2f}{note}",
                       highlight=False, markup=False)
+        for n in result.notes:
+            if n.startswith("speculative decoding"):
+                out.print(f"note: {n}", highlight=False, markup=False)
         if report is not None:
             out.print(f"report: {report}")
 

@@ -36,9 +36,38 @@ def _bottleneck(st: StepTime, kv_limited: np.ndarray) -> np.ndarray:
     return np.where(kv_limited, "kv_capacity", b)
 
 
+def spec_supported(catalog: Catalog, stack: str) -> bool:
+    """Whether a stack ships speculative decoding (catalog feature level "yes")."""
+    return catalog.stack(stack).features["speculative_decoding"].level == "yes"
+
+
 def evaluate_grid(catalog: Catalog, model_entry: ModelEntry | str, grid: DeploymentGrid,
-                  workload: Workload, slo: SLO, calib: Calibration | None = None) -> GridResult:
-    """Predict every candidate replica of ``grid`` for one model, workload and SLO (vectorised)."""
+                  workload: Workload, slo: SLO, calib: Calibration | None = None,
+                  speculation: tuple[int, float, float | None] | None = None) -> GridResult:
+    """Predict every candidate replica of ``grid`` for one model, workload and SLO (vectorised).
+
+    ``speculation`` = (drafted tokens per step, per-token acceptance, draft cost or None): tried
+    on the rows whose stack ships speculative decoding (``spec_supported``) and kept where it
+    raises goodput - at a large, compute-bound batch verifying k + 1 tokens per sequence costs
+    more than it yields, and engines turn it off there (vLLM's disable-by-batch-size).
+    """
+    plain = _evaluate_grid(catalog, model_entry, grid, workload, slo, calib, None)
+    if speculation is None:
+        return plain
+    spec = _evaluate_grid(catalog, model_entry, grid, workload, slo, calib, speculation)
+    better = spec.speculating & (spec.goodput_rps > plain.goodput_rps)
+    merged = {}
+    for k, v in vars(plain).items():
+        w = getattr(spec, k)
+        merged[k] = np.where(better, w, v) if isinstance(v, np.ndarray) and len(v) == len(
+            better) else v
+    merged["speculating"] = better
+    return GridResult(**merged)
+
+
+def _evaluate_grid(catalog: Catalog, model_entry: ModelEntry | str, grid: DeploymentGrid,
+                   workload: Workload, slo: SLO, calib: Calibration | None,
+                   speculation: tuple[int, float, float | None] | None) -> GridResult:
     if isinstance(model_entry, str):
         model_entry = catalog.model(model_entry)
     _check_workload(workload.input_tokens, workload.output_tokens)
@@ -51,11 +80,17 @@ def evaluate_grid(catalog: Catalog, model_entry: ModelEntry | str, grid: Deploym
                           max_sequences=e, goodput_rps=e, output_tokens_per_s=e, ttft_p95_s=e,
                           tpot_p95_s=e, single_ttft_s=e, single_tpot_s=e,
                           max_output_tokens_per_s=e, eff_sigma=e, eff_compute=e, eff_memory=e,
-                          calibration_note=[])
+                          calibration_note=[], speculating=np.zeros(0, bool))
     r = resolve(catalog, accelerator=grid.accelerator, stack=grid.stack, model=model_entry,
                 tp=grid.tp, pp=grid.pp, weight_dtype=grid.weight_dtype, kv_dtype=grid.kv_dtype,
                 context=ctx, max_batch=grid.max_batch, calib=calib)
     n = len(grid)
+    on = np.zeros(n, bool)
+    if speculation is not None:
+        k, a, d = speculation
+        ok = {st: spec_supported(catalog, st) for st in set(grid.stack.tolist())}
+        on = np.array([ok[st] for st in grid.stack.tolist()], bool)
+        r.s = r.s.with_speculation(np.where(on, float(k), 0.0), a, d)
     f = r.feasible
     idx = np.flatnonzero(f)  # only feasible rows are worth the serving model
     s = r.s.take(idx)
@@ -81,7 +116,8 @@ def evaluate_grid(catalog: Catalog, model_entry: ModelEntry | str, grid: Deploym
         tpot_p95_s=put(g.point.tpot_p95, np.inf), single_ttft_s=put(single.ttft_mean, np.inf),
         single_tpot_s=put(single.tpot_mean, np.inf),
         max_output_tokens_per_s=put(offline.output_tps), eff_sigma=r.eff_sigma,
-        eff_compute=r.s.eff_c, eff_memory=r.s.eff_m, calibration_note=r.calib_note)
+        eff_compute=r.s.eff_c, eff_memory=r.s.eff_m, calibration_note=r.calib_note,
+        speculating=on)
 
 
 def _check_workload(inp: float, out: float) -> None:

@@ -73,3 +73,5 @@ class GridResult:
     eff_compute: np.ndarray = field(default_factory=lambda: np.zeros(0))
     eff_memory: np.ndarray = field(default_factory=lambda: np.zeros(0))
     calibration_note: list[str] = field(default_factory=list)  # e.g. "fallback from CDNA3"
+    # bool per row: speculative decoding was asked for, the stack ships it, and it raised goodput
+    speculating: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
