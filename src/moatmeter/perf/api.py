@@ -269,7 +269,8 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
         draft = float(np.ravel(r.s.spec_draft)[0])
         pre_notes.append(f"speculative decoding: {spec_tokens} drafted tokens per step, "
                          f"acceptance {accept:.2f}, {per:.2f} tokens per step, drafting "
-                         f"{draft:.3g} of a decode step per token")
+                         f"{draft:.3g} of a decode step per token (the draft's weights are "
+                         "not counted in memory)")
     p = _prediction(r, accelerator, stack, model, count, tp, pp, wd, kd, input_tokens,
                     output_tokens, concurrency, rate, replicas)
     if profile_tokens is not None:
