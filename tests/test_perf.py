@@ -478,6 +478,31 @@ def test_finite_offline_run_is_one_lock_step_wave():
     assert rps == pytest.approx(b / wave, rel=1e-6)
 
 
+def test_fixed_length_run_beyond_the_cap_goes_in_waves():
+    """7 fixed-length prompts, 3 slots: two full waves and a wave of one, not refills."""
+    from moatmeter.perf.observations import burst
+    from moatmeter.perf.step import decode_step, prefill_time
+
+    s = _inputs(1, 3.35e12, 1e15, 70.0, tp=1.0)
+    n, cap3 = np.array([7.0]), np.array([3.0])
+    inp, out = np.array([4096.0]), np.array([256.0])
+
+    def wave(b: float) -> float:
+        bb = np.array([b])
+        return float((prefill_time(s, inp, bb).total
+                      + (out - 1.0) * decode_step(s, bb, inp + out / 2).total)[0])
+
+    rps, _, _ = burst(s, n, cap3, inp, out, out)
+    assert float(rps[0]) == pytest.approx(7.0 / (2 * wave(3.0) + wave(1.0)), rel=1e-6)
+    # bandwidth-bound decode: the wave of one costs nearly a full wave, so this is slower than
+    # refilling the slots at the steady 3-slot rate
+    steady = closed_loop(s, cap3, inp, out).rate_rps
+    assert float(rps[0]) < 0.9 * float(steady[0])
+    # variable lengths (cap above the mean) keep the steady refills
+    rv, _, _ = burst(s, n, cap3, inp, out, np.array([1024.0]))
+    assert float(rv[0]) < float(steady[0])
+
+
 def test_activation_traffic_per_token_by_hand():
     """Llama 3.1 8B: 32 layers x (8 hidden + 3 intermediate + 2 query-width tensors) x 2 bytes."""
     r = resolve(CAT, accelerator=np.array(["h100-sxm", "h100-sxm"]), stack="vllm-cuda",

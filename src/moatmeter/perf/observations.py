@@ -20,8 +20,9 @@ How a published row becomes a deployment:
   An ``offline`` row with a stated concurrency whose notes say its prompts were submitted "at
   once" (benchmark_throughput-style: N fixed-length prompts, elapsed time to the last) is the
   same kind of finite run with every output as long as the longest: one lock-step wave
-  (prefill of all N, then O − 1 decode steps at batch N) when N fits the batch cap, steady
-  refills before the last wave otherwise — not an endless steady state at batch N.
+  (prefill of all N, then O − 1 decode steps at batch N) when N fits the batch cap, ⌊N / cap⌋
+  full waves and a partial one otherwise (requests of one wave end together, so slots free
+  together) — not an endless steady state at batch N.
 - Lock-step waves: a ``fixed_concurrency`` row whose B slots start together and end together —
   a static batch (TensorRT-LLM gptSession, "static batch"), one ``benchmark_latency`` batch, or a
   fixed-length closed loop whose notes say "lock-step" (every output equally long, all slots
@@ -493,7 +494,9 @@ def burst(s: Any, n: np.ndarray, bcap: np.ndarray, inp: np.ndarray, out: np.ndar
     At most ``bcap`` sequences run at once. While more than a batch is waiting, continuous
     batching refills freed slots, so those requests go at the steady closed-loop rate; the last
     batch prefills and then drains until its longest request ends (mean · H_batch, at most the
-    cap), the mean decode batch falling to batch · mean / longest.
+    cap), the mean decode batch falling to batch · mean / longest. With fixed lengths (cap = O)
+    nothing frees a slot early: the run is ⌊N / batch⌋ full waves and one partial wave, each a
+    prefill of its prompts and O − 1 decode steps.
     """
     wave = np.minimum(n, bcap)
     longest = np.clip(out * harmonic(wave), out, np.maximum(cap, out))
@@ -504,6 +507,17 @@ def burst(s: Any, n: np.ndarray, bcap: np.ndarray, inp: np.ndarray, out: np.ndar
     steady = closed_loop(s, wave, inp, out).rate_rps
     per = spec_tokens(s)
     span = (n - wave) / steady + pf + np.maximum(longest - 1.0, 0.0) / per * step
+    # Fixed lengths (cap = O): a batch's requests all end in the same step, so the slots free
+    # together and the run goes in waves of ``wave`` prompts, the last one partial - a wave of
+    # one prompt takes nearly as long as a full one when decode is bandwidth-bound.
+    fixed = cap <= out
+    if np.any(fixed):
+        full = np.floor(n / wave)
+        rem = n - full * wave
+        dec = np.maximum(out - 1.0, 0.0) / per
+        r1 = np.maximum(rem, 1.0)
+        t_rem = prefill_time(s, inp, r1).total + dec * decode_step(s, r1, inp + out / 2.0).total
+        span = np.where(fixed, full * (pf + dec * step) + np.where(rem > 0, t_rem, 0.0), span)
     return n / span, pf, step / per
 
 
