@@ -588,10 +588,10 @@ def _length_ends(cat: Catalog, model: Any, scn: Scenario, opts: list[Option],
         kv_dtype=np.array([m["kv"] for m in metas]))
     slo = SLO(scn.slo.ttft_p95_s, scn.slo.tpot_p95_s)
     pc = scn.traffic.prefix_cache_hit
+    spec = _speculation(scn, cat, grid, [])
     ends = []
     for li, lo_ in ((rin.low, rout.low), (rin.high, rout.high)):
-        res = evaluate_grid(cat, model, grid, Workload(li, lo_, pc), slo,
-                            speculation=_speculation(scn, cat, grid, []))
+        res = evaluate_grid(cat, model, grid, Workload(li, lo_, pc), slo, speculation=spec)
         ends.append(np.where(res.feasible, res.goodput_rps, 0.0))
     for i, o in enumerate(opts):
         o.capacity_lo_rps = float(ends[0][i]) * o.replicas

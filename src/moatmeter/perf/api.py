@@ -7,7 +7,7 @@ calibrated log-space sigma: throughput × exp(±1.2816·σ), latencies the other
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -54,15 +54,24 @@ def evaluate_grid(catalog: Catalog, model_entry: ModelEntry | str, grid: Deploym
     plain = _evaluate_grid(catalog, model_entry, grid, workload, slo, calib, None)
     if speculation is None:
         return plain
-    spec = _evaluate_grid(catalog, model_entry, grid, workload, slo, calib, speculation)
-    better = spec.speculating & (spec.goodput_rps > plain.goodput_rps)
-    merged = {}
+    ok = {st: spec_supported(catalog, st) for st in set(grid.stack.tolist())}
+    idx = np.flatnonzero([ok[st] for st in grid.stack.tolist()])
+    if len(idx) == 0:
+        return plain
+    # only the rows whose stack ships it are evaluated again, with speculation
+    sub = replace(grid, **{k: np.asarray(v)[idx] for k, v in vars(grid).items()
+                           if v is not None})
+    spec = _evaluate_grid(catalog, model_entry, sub, workload, slo, calib, speculation)
+    win = spec.goodput_rps > plain.goodput_rps[idx]
+    rows, n = idx[win], len(grid)
     for k, v in vars(plain).items():
-        w = getattr(spec, k)
-        merged[k] = np.where(better, w, v) if isinstance(v, np.ndarray) and len(v) == len(
-            better) else v
-    merged["speculating"] = better
-    return GridResult(**merged)
+        if isinstance(v, np.ndarray) and len(v) == n:
+            w = getattr(spec, k)
+            merged = v.astype(np.result_type(v.dtype, w.dtype))  # a str column may widen
+            merged[rows] = w[win]
+            setattr(plain, k, merged)
+    plain.speculating[rows] = True
+    return plain
 
 
 def _evaluate_grid(catalog: Catalog, model_entry: ModelEntry | str, grid: DeploymentGrid,
@@ -85,12 +94,8 @@ def _evaluate_grid(catalog: Catalog, model_entry: ModelEntry | str, grid: Deploy
                 tp=grid.tp, pp=grid.pp, weight_dtype=grid.weight_dtype, kv_dtype=grid.kv_dtype,
                 context=ctx, max_batch=grid.max_batch, calib=calib)
     n = len(grid)
-    on = np.zeros(n, bool)
     if speculation is not None:
-        k, a, d = speculation
-        ok = {st: spec_supported(catalog, st) for st in set(grid.stack.tolist())}
-        on = np.array([ok[st] for st in grid.stack.tolist()], bool)
-        r.s = r.s.with_speculation(np.where(on, float(k), 0.0), a, d)
+        r.s = r.s.with_speculation(*speculation)
     f = r.feasible
     idx = np.flatnonzero(f)  # only feasible rows are worth the serving model
     s = r.s.take(idx)
@@ -117,7 +122,7 @@ def _evaluate_grid(catalog: Catalog, model_entry: ModelEntry | str, grid: Deploy
         single_tpot_s=put(single.tpot_mean, np.inf),
         max_output_tokens_per_s=put(offline.output_tps), eff_sigma=r.eff_sigma,
         eff_compute=r.s.eff_c, eff_memory=r.s.eff_m, calibration_note=r.calib_note,
-        speculating=on)
+        speculating=np.full(n, speculation is not None))
 
 
 def _check_workload(inp: float, out: float) -> None:

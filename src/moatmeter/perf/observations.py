@@ -325,14 +325,14 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
             except (InputError, ValueError) as e:
                 skip(rid, f"speculative decoding in the notes: {e}")
                 continue
-        ttft_slo, tpot_slo = _slo(r.get("notes", ""))
-        mr = re.search(r"\brate\s*=?\s*([\d.]+)\s*req/s", r.get("notes", ""))
+        ttft_slo, tpot_slo = _slo(notes)
+        mr = re.search(r"\brate\s*=?\s*([\d.]+)\s*req/s", notes)
         rate = float(mr.group(1)) if mr and scen == "server" else float("nan")
-        mb = re.search(r"\b(?:max_tokens|longest_output)\s*=\s*(\d+)", r.get("notes", ""))
-        burst = (float(mb.group(1)) if mb and re.search(r"\bburst\b", r.get("notes", ""))
+        mb = re.search(r"\b(?:max_tokens|longest_output)\s*=\s*(\d+)", notes)
+        burst = (float(mb.group(1)) if mb and re.search(r"\bburst\b", notes)
                  and scen in ("fixed_concurrency", "single_stream") else float("nan"))
         if (scen == "offline" and conc and math.isnan(burst)
-                and re.search(r"\bat once\b", r.get("notes", ""))):
+                and re.search(r"\bat once\b", notes)):
             burst = float(outl)  # a finite run of fixed-length prompts: a burst, longest = O
         out.append(Obs(id=rid, source=r["source"], accelerator=acc_id, stack=stack_id,
                        model=model_id, weight_dtype=wdt, kv_dtype=kvd, tp=tp, pp=pp,
@@ -345,12 +345,12 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                        rate=rate, burst_cap=burst,
                        lockstep=(scen == "fixed_concurrency" and bool(conc) and conc > 1
                                  and math.isnan(burst)
-                                 and bool(LOCKSTEP.search(r.get("notes", "")))),
+                                 and bool(LOCKSTEP.search(notes))),
                        dp_attention=bool(DP_ATTENTION.search(
                            f"{r.get('engine_version', '')} {r.get('notes', '')}")),
                        profile_tokens=float(mp.group(1)) if (
-                           mp := PROFILE_TOKENS.search(r.get("notes", ""))) else float("nan"),
-                       when=measured_when(r["source"], r.get("notes", "")),
+                           mp := PROFILE_TOKENS.search(notes)) else float("nan"),
+                       when=measured_when(r["source"], notes),
                        spec_k=spec_k, spec_accept=spec_a))
     return out, skipped
 
@@ -504,20 +504,24 @@ def burst(s: Any, n: np.ndarray, bcap: np.ndarray, inp: np.ndarray, out: np.ndar
     mean_batch = np.maximum(wave * np.maximum(out - 1.0, 0.0) / np.maximum(longest - 1.0, 1.0),
                             1.0)
     step = decode_step(s, mean_batch, inp + out / 2.0).total
-    steady = closed_loop(s, wave, inp, out).rate_rps
     per = spec_tokens(s)
-    span = (n - wave) / steady + pf + np.maximum(longest - 1.0, 0.0) / per * step
     # Fixed lengths (cap = O): a batch's requests all end in the same step, so the slots free
     # together and the run goes in waves of ``wave`` prompts, the last one partial - a wave of
     # one prompt takes nearly as long as a full one when decode is bandwidth-bound.
     fixed = cap <= out
-    if np.any(fixed):
-        full = np.floor(n / wave)
-        rem = n - full * wave
-        dec = np.maximum(out - 1.0, 0.0) / per
+    full = np.floor(n / wave)
+    rem = n - full * wave
+    span = full * (pf + np.maximum(longest - 1.0, 0.0) / per * step)
+    if np.any(rem > 0):
         r1 = np.maximum(rem, 1.0)
-        t_rem = prefill_time(s, inp, r1).total + dec * decode_step(s, r1, inp + out / 2.0).total
-        span = np.where(fixed, full * (pf + dec * step) + np.where(rem > 0, t_rem, 0.0), span)
+        t_rem = (prefill_time(s, inp, r1).total
+                 + np.maximum(out - 1.0, 0.0) / per * decode_step(s, r1, inp + out / 2.0).total)
+        span = span + np.where(fixed & (rem > 0), t_rem, 0.0)
+    if not np.all(fixed):
+        # variable lengths: continuous batching refills freed slots at the steady rate
+        steady = closed_loop(s, wave, inp, out).rate_rps
+        refill = (n - wave) / steady + pf + np.maximum(longest - 1.0, 0.0) / per * step
+        span = np.where(fixed, span, refill)
     return n / span, pf, step / per
 
 
