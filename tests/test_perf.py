@@ -620,6 +620,42 @@ def test_row_excluded_in_its_notes_is_skipped_with_the_reason():
         {"id": "x", "reason": "excluded from calibration: checkpoint format unknown"}]
 
 
+def test_sweep_point_slower_than_a_higher_concurrency_is_skipped_as_unsteady():
+    """A TPOT that falls as concurrency rises is not steady state (warm-up, kernels compiled on
+    first use): that point's rows are skipped, the rest of the sweep is modelled."""
+    from moatmeter.perf.validate import validate_rows
+
+    base = {"source": "sweep", "accelerator": "NVIDIA H100 SXM5 80GB", "count": "1",
+            "engine": "vLLM", "backend": "CUDA", "engine_version": "", "kv_dtype": "",
+            "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "bf16",
+            "scenario": "fixed_concurrency", "input_len": "1024", "output_len": "1024",
+            "notes": ""}
+
+    def row(rid: str, c: int, metric: str, value: float, **kw: str) -> dict[str, str]:
+        return {**base, "id": rid, "concurrency": str(c), "metric": metric, "value": str(value),
+                **kw}
+
+    rows = [row("c4-tpot", 4, "tpot_ms", 22.7), row("c4-out", 4, "output_tokens_per_s", 170),
+            row("c8-tpot", 8, "tpot_ms", 12.8), row("c16-tpot", 16, "tpot_ms", 14.0),
+            # another document's slower run does not make this sweep's point unsteady
+            row("other-c32-tpot", 32, "tpot_ms", 5.0, source="other"),
+            # within the 10 % noise margin: kept
+            row("n-c8", 8, "tpot_ms", 10.5, input_len="512"),
+            row("n-c16", 16, "tpot_ms", 10.0, input_len="512")]
+    out = validate_rows(CAT, rows)
+    skipped = {s["id"]: s["reason"] for s in out["summary"]["skipped"]}
+    assert set(skipped) == {"c4-tpot", "c4-out"}
+    assert skipped["c4-tpot"].startswith(
+        "not steady state: TPOT at concurrency 4 (22.7 ms) is above the same sweep's at 8")
+    assert {r["id"] for r in out["rows"]} == {"c8-tpot", "c16-tpot", "other-c32-tpot", "n-c8",
+                                              "n-c16"}
+    # per-user output rate: 170/4 = 42.5 tok/s below 8 users' 600/8 = 75 tok/s
+    rows = [row("a", 4, "output_tokens_per_s", 170), row("b", 8, "output_tokens_per_s", 600)]
+    reason = validate_rows(CAT, rows)["summary"]["skipped"][0]["reason"]
+    assert "output tok/s per user at concurrency 4 (42.5) is below the same sweep's at 8 (75)" \
+        in reason
+
+
 def test_profiling_pass_activations_leave_less_kv_cache():
     """vLLM V0 without chunked prefill profiles max(max_model_len, 2048) tokens at start-up and
     keeps their activations out of the KV cache: a 91,680-token pass on a 405B model at TP8

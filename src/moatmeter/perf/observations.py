@@ -40,7 +40,9 @@ How a published row becomes a deployment:
   throughput stops growing with the batch.
 - A missing KV dtype means the engine default: 16-bit (fp16 for llama.cpp-class engines).
 Rows that cannot be modelled are skipped with a reason, never guessed; so are rows whose notes
-say "excluded from calibration: <reason>" (the source leaves their configuration undetermined).
+say "excluded from calibration: <reason>" (the source leaves their configuration undetermined),
+and the points of a concurrency sweep that are slower per request than a higher-concurrency point
+of the same sweep (not steady state: warm-up, kernels compiled on first use).
 """
 
 from __future__ import annotations
@@ -188,6 +190,62 @@ def _num(v: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
+# A sweep over concurrency on one configuration is steady-state only if a request's decode gets
+# no faster as more requests share the step: TPOT non-decreasing, per-user output rate
+# non-increasing. A lower-concurrency point slower than a higher one (beyond this margin for run
+# noise) measured something else - warm-up, JIT compilation of kernels on first use - and all its
+# rows are skipped. InferenceX's first SGLang R1 run on 8x H200 (1k/1k, 4 users) has TPOT 22.7 ms
+# where the same sweep's 8 users get 12.8 ms.
+UNSTEADY_MARGIN = 1.1
+SWEEP_SCENARIOS = ("fixed_concurrency", "single_stream")
+
+
+SWEEP_KEY = ("source", "accelerator", "count", "engine", "backend", "engine_version", "model",
+             "weight_dtype", "kv_dtype", "input_len", "output_len")
+
+
+def _unsteady_reason(a: float, pa: dict[str, tuple[float, str]], b: float,
+                     pb: dict[str, tuple[float, str]]) -> str:
+    """Why sweep point ``a`` is slower per request than point ``b`` > ``a``; '' if it is not."""
+    if "tpot_ms" in pa and "tpot_ms" in pb:
+        ta, tb = pa["tpot_ms"][0], pb["tpot_ms"][0]
+        if ta > UNSTEADY_MARGIN * tb:
+            return (f"TPOT at concurrency {a:g} ({ta:g} ms) is above the same sweep's at {b:g} "
+                    f"({tb:g} ms)")
+    if "output_tokens_per_s" in pa and "output_tokens_per_s" in pb:
+        ua, ub = pa["output_tokens_per_s"][0] / a, pb["output_tokens_per_s"][0] / b
+        if ub > UNSTEADY_MARGIN * ua:
+            return (f"output tok/s per user at concurrency {a:g} ({ua:.3g}) is below the same "
+                    f"sweep's at {b:g} ({ub:.3g})")
+    return ""
+
+
+def unsteady_rows(rows: list[dict[str, str]]) -> dict[str, str]:
+    """Ids of sweep points that break concurrency monotonicity → the reason they are skipped."""
+    Point = dict[str, tuple[float, str]]
+    sweeps: dict[tuple[str, ...], dict[float, Point]] = {}
+    for r in rows:
+        if r.get("scenario", "").lower() not in SWEEP_SCENARIOS:
+            continue
+        c, v = _num(r.get("concurrency", "")), _num(r.get("value", ""))
+        if not c or not v or v <= 0:
+            continue
+        ms = SPEC_TOKENS.search(r.get("notes", ""))
+        key = (*(r.get(k, "").lower() for k in SWEEP_KEY), ms.group(1) if ms else "")
+        point = sweeps.setdefault(key, {}).setdefault(c, {})
+        point[r.get("metric", "").lower()] = (v, r.get("id", ""))
+    out: dict[str, str] = {}
+    for points in sweeps.values():
+        cs = sorted(points)
+        for i, a in enumerate(cs):
+            later = (_unsteady_reason(a, points[a], b, points[b]) for b in cs[i + 1:])
+            why = next((w for w in later if w), "")
+            if why:
+                for _, rid in points[a].values():
+                    out[rid] = f"not steady state: {why} (warm-up or first-use compilation)"
+    return out
+
+
 def _slo(notes: str) -> tuple[float, float]:
     out = list(DEFAULT_SERVER_SLO)
     for i, name in enumerate(("TTFT", "TPOT")):
@@ -243,6 +301,7 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
     out: list[Obs] = []
     skipped: list[dict[str, str]] = []
     seen: set[str] = set()
+    unsteady = unsteady_rows(rows)
 
     def skip(rid: str, reason: str) -> None:
         skipped.append({"id": rid, "reason": reason})
@@ -256,6 +315,9 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
         mx = EXCLUDED.search(r.get("notes", ""))
         if mx:
             skip(rid, f"excluded from calibration: {mx.group(1).strip()}")
+            continue
+        if rid in unsteady:
+            skip(rid, unsteady[rid])
             continue
         acc_id = ix.acc.get(r["accelerator"].lower())
         if not acc_id:
