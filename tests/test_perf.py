@@ -25,6 +25,7 @@ from moatmeter.perf import (
 from moatmeter.perf import memory as mem
 from moatmeter.perf.deploy import resolve
 from moatmeter.perf.serving import closed_loop, goodput, open_loop
+from moatmeter.perf.step import CHUNK_TOKENS as CHUNK
 from moatmeter.perf.step import StepInputs, decode_step, experts_touched, prefill_time
 
 CAT = load_catalog()
@@ -618,6 +619,38 @@ def test_row_excluded_in_its_notes_is_skipped_with_the_reason():
     assert [r["id"] for r in out["rows"]] == ["y"]
     assert out["summary"]["skipped"] == [
         {"id": "x", "reason": "excluded from calibration: checkpoint format unknown"}]
+
+
+def test_prompt_steps_run_eagerly_only_in_python_driven_engines():
+    """vLLM (and SGLang, TGI, TensorRT-LLM's PyTorch backend) replay CUDA graphs for decode only:
+    a step carrying a prompt pays EAGER_PREFILL times the step overhead more. llama.cpp replays
+    its graph for prompts too, and so do TensorRT engine builds (graph_prefill)."""
+    from moatmeter.perf.step import EAGER_PREFILL
+
+    assert EAGER_PREFILL > 0
+    kw = dict(accelerator=["h100-sxm"] * 3, model="llama-3.1-8b", tp=1, pp=1,
+              weight_dtype=["bf16", "q4_0", "bf16"], kv_dtype="bf16", context=2048)
+    res = resolve(CAT, stack=["vllm-cuda", "llamacpp-cuda", "trtllm-cuda"],
+                  graph_prefill=[False, False, True], **kw)
+    s = res.s
+    ov = s.k["ov"]
+    pre = prefill_time(s, np.full(3, 1024.0))
+    assert pre.overhead == pytest.approx(ov * np.array([1.0 + EAGER_PREFILL, 1.0, 1.0]))
+    # a pure decode step carries no prompt: graph-replayed everywhere
+    dec = decode_step(s, np.full(3, 8.0), np.full(3, 1024.0))
+    assert dec.overhead == pytest.approx(ov)
+    # a mean-field step carrying half a chunk of prompt tokens runs eagerly half of the time
+    mix = decode_step(s, np.full(3, 8.0), np.full(3, 1024.0), CHUNK / 2, 512.0)
+    assert mix.overhead[0] == pytest.approx(ov[0] * (1.0 + EAGER_PREFILL / 2))
+    # so a vLLM request waits longer for its first token than the same work replayed as a graph
+    g = resolve(CAT, stack="vllm-cuda", graph_prefill=True, **{**kw, "accelerator": "h100-sxm",
+                                                                 "weight_dtype": "bf16"}).s
+    e = resolve(CAT, stack="vllm-cuda", **{**kw, "accelerator": "h100-sxm",
+                                           "weight_dtype": "bf16"}).s
+    one = np.array([4.0])
+    t_e = closed_loop(e, one, np.array([1024.0]), np.array([256.0])).ttft_mean[0]
+    t_g = closed_loop(g, one, np.array([1024.0]), np.array([256.0])).ttft_mean[0]
+    assert t_e - t_g == pytest.approx(EAGER_PREFILL * e.k["ov"][0], rel=1e-6)
 
 
 def test_sweep_point_slower_than_a_higher_concurrency_is_skipped_as_unsteady():

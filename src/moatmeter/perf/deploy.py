@@ -32,7 +32,7 @@ from moatmeter.perf.calibrate import (
     default_calibration,
     product_line,
 )
-from moatmeter.perf.step import StepInputs
+from moatmeter.perf.step import EAGER_PREFILL, StepInputs
 
 FAST_LINK_GBS = 200.0  # above this the scale-up fabric is a dedicated link, not PCIe
 LAT_FAST = 8e-6
@@ -61,6 +61,11 @@ DEFAULT_MAX_BATCH = 256  # vLLM's default max_num_seqs
 # and Ollama allocate weights + KV + compute buffers of a few hundred MiB (estimates).
 # TensorRT-LLM's benchmarks give the KV cache 0.90-0.95 of the memory left after the weights
 # (kv_cache_free_gpu_mem_fraction, TensorRT-LLM perf-overview.md, 2025).
+# Engines that run prompt steps eagerly (CUDA graphs for decode only) on these backends; see
+# ``step.EAGER_PREFILL``. llama.cpp, Ollama and OpenVINO replay compiled graphs; on Gaudi both
+# engines replay HPU graphs per prompt bucket; CPU and XPU backends run every step alike.
+EAGER_ENGINES = ("vllm", "sglang", "tgi", "tensorrt-llm")
+EAGER_BACKENDS = ("cuda", "rocm")
 ENGINE_RESERVE = {"llama.cpp": (0.02, 0.5), "ollama": (0.02, 0.5), "tensorrt-llm": (0.05, 1.0)}
 # Concurrent sequences a stack can batch when continuous batching is only partial: Ollama's
 # OLLAMA_NUM_PARALLEL defaults to 4 (or 1) slots (Ollama FAQ); without it, one at a time.
@@ -159,7 +164,7 @@ def _uniq(key: np.ndarray, space: int) -> tuple[np.ndarray, np.ndarray]:
 def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: Any, pp: Any,
             weight_dtype: Any, kv_dtype: Any, context: Any, max_batch: Any = None,
             calib: Calibration | None = None, dp_attention: Any = False,
-            profile_tokens: Any = None) -> Resolved:
+            profile_tokens: Any = None, graph_prefill: Any = False) -> Resolved:
     """Arrays (or scalars, broadcast) of ids and settings → ``Resolved``.
 
     ``dp_attention`` (bool per row): attention runs data-parallel across the TP group (SGLang
@@ -171,6 +176,10 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     ``profile_tokens`` (per row, NaN = the engine's usual setting): the tokens of the start-up
     profiling pass whose activations the engine keeps out of the KV cache (vLLM V0 without
     chunked prefill: max(max_model_len, 2048)); see ``memory.profile_activation_bytes``.
+
+    ``graph_prefill`` (bool per row): the runtime replays a prebuilt engine for prompt steps too
+    (TensorRT-LLM's TensorRT engine builds, the default before its PyTorch backend), so a prompt
+    step pays no eager-execution overhead (``step.EAGER_PREFILL``).
 
     ``model`` holds catalog model ids (or one ``ModelEntry``). Unknown ids raise ``CatalogError``.
     """
@@ -308,6 +317,9 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     m = (reasons == "") & (why != "")
     reasons[m] = why[m]
 
+    eager_u = np.array([EAGER_PREFILL if s.engine.lower() in EAGER_ENGINES
+                        and s.backend.lower() in EAGER_BACKENDS else 0.0 for s in stacks])
+
     # --- per stack: parallelism features
     has_tp = np.array([s.has("tensor_parallel") for s in stacks])[st_i]
     has_pp = np.array([s.has("pipeline_parallel") for s in stacks])[st_i]
@@ -381,7 +393,9 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                    w_dense=w_dense + w_attn_extra, w_expert=w_expert, n_experts=n_exp, topk=topk,
                    moe_layers=moe_layers, kv_tok=kv_tok, flops_tok=flops_tok, attn=attn,
                    attn_pre=attn_pre,
-                   hidden=hidden, layers=layers, act_tok=act_tok)
+                   hidden=hidden, layers=layers, act_tok=act_tok,
+                   eager=np.where(np.broadcast_to(np.asarray(graph_prefill, bool), (n,)), 0.0,
+                                  eager_u[st_i]))
     return Resolved(s=s, feasible=feasible, reason=list(reasons), devices=devices,
                     weights_per_device=w_dev, device_bytes=mem_gb * mem.GIB,
                     usable_per_device=usable, kv_pool=pool,

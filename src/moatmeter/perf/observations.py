@@ -39,6 +39,8 @@ How a published row becomes a deployment:
   keeps room for 27 sequences of 4096 tokens instead of 64, which is where the dstack H100
   throughput stops growing with the batch.
 - A missing KV dtype means the engine default: 16-bit (fp16 for llama.cpp-class engines).
+- TensorRT-LLM rows that do not name its PyTorch backend ran TensorRT engine builds, which replay
+  prompt steps from the built engine: no eager-prefill overhead (``step.EAGER_PREFILL``).
 Rows that cannot be modelled are skipped with a reason, never guessed; so are rows whose notes
 say "excluded from calibration: <reason>" (the source leaves their configuration undetermined),
 and the points of a concurrency sweep that are slower per request than a higher-concurrency point
@@ -148,6 +150,7 @@ class Obs:
     dp_attention: bool = False  # attention data-parallel across the TP group (DEP, dp-attention)
     lockstep: bool = False  # fixed-length closed loop whose slots start and end together
     profile_tokens: float = float("nan")  # tokens of the engine's start-up profiling pass
+    graph_prefill: bool = False  # prompts run from a prebuilt engine too (TensorRT-LLM engines)
     when: float = float("nan")  # measurement date as a decimal year (NaN: unknown)
     spec_k: float = 0.0  # speculative decoding: drafted tokens per step (0 = off)
     spec_accept: float = 0.0  # per-token acceptance probability
@@ -413,7 +416,9 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                        profile_tokens=float(mp.group(1)) if (
                            mp := PROFILE_TOKENS.search(notes)) else float("nan"),
                        when=measured_when(r["source"], notes),
-                       spec_k=spec_k, spec_accept=spec_a))
+                       spec_k=spec_k, spec_accept=spec_a,
+                       graph_prefill=engine.lower() == "tensorrt-llm" and not re.search(
+                           "pytorch", f"{r.get('engine_version', '')} {notes}", re.IGNORECASE)))
     return out, skipped
 
 
@@ -461,7 +466,8 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
                   tp=col["tp"], pp=col["pp"], weight_dtype=col["weight_dtype"],
                   kv_dtype=col["kv_dtype"], context=ctx, max_batch=mb, calib=calib,
                   dp_attention=np.array([o.dp_attention for o in obs], dtype=bool),
-                  profile_tokens=np.array([o.profile_tokens for o in obs], dtype=float))
+                  profile_tokens=np.array([o.profile_tokens for o in obs], dtype=float),
+                  graph_prefill=np.array([o.graph_prefill for o in obs], dtype=bool))
     res.s = res.s.with_speculation(np.array([o.spec_k for o in obs], dtype=float),
                                    np.array([o.spec_accept for o in obs], dtype=float))
     keep = np.flatnonzero(res.feasible)

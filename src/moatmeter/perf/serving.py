@@ -94,7 +94,7 @@ def _ttft(s: StepInputs, n: np.ndarray, inp: np.ndarray, out: np.ndarray) -> np.
     others = np.maximum(n - 1.0, 0.0)
     dec = others * d / life
     pre_tok = others * inp / life + inp / c
-    return c * decode_step(s, dec, inp + out / 2.0, pre_tok, inp / 2.0).total
+    return c * decode_step(s, dec, inp + out / 2.0, pre_tok, inp / 2.0, eager=1.0).total
 
 
 def closed_loop(s: StepInputs, concurrency: np.ndarray, inp: np.ndarray, out: np.ndarray

@@ -29,6 +29,11 @@ and compute imperfectly, so near the ridge point the time is higher than either 
   launches, per-layer synchronisation) scales with the layer count, the rest (scheduler,
   sampler) would not — so 14 ms fitted on a 126-layer 405B model is not charged in full to an 8B.
   Cross-validation currently puts the whole of it per layer (share 1.0).
+- Prompt steps run eagerly in the Python-driven engines: CUDA graphs are captured for decode
+  batches only, so a step that carries prompt tokens pays ``EAGER_PREFILL`` times the step
+  overhead more (kernel launches and Python dispatch per operator of every layer). A
+  mean-field step pays it in the share of steps that carry a prompt chunk; the step that
+  carries a request's own prompt always does.
 - Speculative decoding (``StepInputs.with_speculation``): each decode step first drafts k tokens
   per sequence, each draft costing ``spec_draft`` of a plain decode step (an MTP head is one
   more transformer block: 1/layers; a separate draft model: its size over the target's), then
@@ -69,6 +74,16 @@ ATTN_EFF = 0.65
 # and GPU memory; vLLM V0 served with 2048). Leave-one-source-out CV on 496 rows: 2048 -> 14.9 /
 # 43.9 % median / p90, 8192 -> 14.7 / 43.5 %.
 CHUNK_TOKENS = 8192.0
+# CUDA graphs are captured for decode batches only: a step that carries prompt tokens runs the
+# model eagerly in the Python-driven engines (vLLM, SGLang, TGI, TensorRT-LLM's PyTorch backend)
+# and pays a kernel launch and Python dispatch per operator of every layer. Such a step costs this
+# multiple of the (graph-replayed) step overhead on top of it; engines that replay a prebuilt
+# graph or engine for prompts too (llama.cpp, TensorRT engine builds, HPU graphs) pay nothing.
+# InferenceX's gpt-oss-120b runs on 8x H100 (vLLM 0.15) put 1k-token TTFT at 31 ms where one
+# graph-mode step is ~3 ms. A global hyper-parameter chosen by leave-one-source-out CV on the
+# 605-row set (median / p90 APE, rows beyond 35 %): 0 -> 15.7 / 62.6 % (121), 7 -> 14.6 / 45.0 %
+# (94), 10 -> 14.2 / 44.4 % (98), 20 -> 15.4 / 44.9 % (102).
+EAGER_PREFILL = 10.0
 
 
 @dataclass
@@ -96,6 +111,9 @@ class StepInputs:
     layers: np.ndarray
     act_tok: np.ndarray  # activation bytes per token read and written in DRAM, over the replica
     attn_pre: np.ndarray | None = None  # the same for prompt tokens (MLA differs); None = attn
+    # extra overhead of a step carrying prompt tokens, in multiples of the step overhead (eager
+    # execution, EAGER_PREFILL); None or 0 where prompts run from a prebuilt graph too
+    eager: np.ndarray | None = None
     # speculative decoding (None = off): drafted tokens per step, per-token acceptance, and the
     # cost of drafting one token as a fraction of a plain decode step
     spec_k: np.ndarray | None = None
@@ -143,6 +161,7 @@ class StepInputs:
                 "ov": self.overhead * (1.0 - OVERHEAD_LAYER_SHARE
                                        + OVERHEAD_LAYER_SHARE * self.layers / REF_LAYERS),
             }
+            self._k["ov_eager"] = self._k["ov"] * (0.0 if self.eager is None else self.eager)
         return self._k
 
     def with_eff(self, eff_c: np.ndarray, eff_m: np.ndarray, overhead: np.ndarray) -> StepInputs:
@@ -226,17 +245,19 @@ def spec_tokens(s: StepInputs) -> np.ndarray | float:
 
 
 def decode_step(s: StepInputs, batch: np.ndarray, context: np.ndarray,
-                prefill_tokens: np.ndarray | float = 0.0, prefill_context: np.ndarray | float = 0.0
-                ) -> StepTime:
+                prefill_tokens: np.ndarray | float = 0.0, prefill_context: np.ndarray | float = 0.0,
+                eager: np.ndarray | float | None = None) -> StepTime:
     """One continuous-batching step: ``batch`` decodes plus ``prefill_tokens`` prompt tokens.
 
     ``prefill_context`` is the mean causal context of those prefill tokens (about half the prompt).
+    ``eager`` is the share of such steps that carry a prompt chunk (and so run eagerly); by default
+    prefill_tokens / ``CHUNK_TOKENS``, 1 for the step that carries a given request's prompt.
     With speculative decoding on, the step drafts and verifies (see the module docstring) and
     yields ``spec_tokens(s)`` tokens per decoding sequence.
     """
     if s.spec_k is None:
-        return _step(s, batch, context, prefill_tokens, prefill_context, 1.0)
-    verify = _step(s, batch, context, prefill_tokens, prefill_context, 1.0 + s.spec_k)
+        return _step(s, batch, context, prefill_tokens, prefill_context, 1.0, eager)
+    verify = _step(s, batch, context, prefill_tokens, prefill_context, 1.0 + s.spec_k, eager)
     # drafting: only on the rows that speculate, only for sequences that decode in this step
     on, sub = s.speculating
     n = len(s)
@@ -250,7 +271,7 @@ def decode_step(s: StepInputs, batch: np.ndarray, context: np.ndarray,
 
 def _step(s: StepInputs, batch: np.ndarray | float, context: np.ndarray,
           prefill_tokens: np.ndarray | float, prefill_context: np.ndarray | float,
-          queries: np.ndarray | float) -> StepTime:
+          queries: np.ndarray | float, eager: np.ndarray | float | None = None) -> StepTime:
     """A target pass with ``queries`` query tokens per decoding sequence (k + 1 when verifying)."""
     k = s.k
     pp = s.pp
@@ -266,9 +287,13 @@ def _step(s: StepInputs, batch: np.ndarray | float, context: np.ndarray,
            + k["attn4p"] * x * prefill_context) * k["inv_pk"]
     stage = smooth_max(t_m, t_c)
     comm = k["comm_a"] + k["comm_b"] * tokens
-    total = pp * (stage + comm) + k["p2p"] + k["ov"]
+    if eager is None:  # the share of steps that carry a prompt chunk
+        xs = x * pp
+        eager = np.clip(xs / np.maximum(CHUNK_TOKENS, xs), 0.0, 1.0)
+    ov = k["ov"] + k["ov_eager"] * eager
+    total = pp * (stage + comm) + k["p2p"] + ov
     return StepTime(total=total, memory=pp * t_m, compute=pp * t_c, comm=pp * comm + k["p2p"],
-                    overhead=k["ov"], bytes_per_device=t_m / k["inv_bw"] / (s.tp * pp))
+                    overhead=ov, bytes_per_device=t_m / k["inv_bw"] / (s.tp * pp))
 
 
 def prefill_time(s: StepInputs, prompt: np.ndarray | float, n_prompts: np.ndarray | float = 1.0
@@ -286,7 +311,8 @@ def prefill_time(s: StepInputs, prompt: np.ndarray | float, n_prompts: np.ndarra
     stage = s.pp * smooth_max(t_m, t_c)
     comm = _comm(s, T) * s.pp
     p2p = np.where(s.pp > 1, (s.pp - 1.0) * s.link_lat, 0.0)
-    total = stage + comm + p2p + s.k["ov"]
+    ov = s.k["ov"] + s.k["ov_eager"]
+    total = stage + comm + p2p + ov
     return StepTime(total=total, memory=s.pp * t_m, compute=s.pp * t_c, comm=comm + p2p,
-                    overhead=s.k["ov"],
+                    overhead=ov,
                     bytes_per_device=bytes_dev)
