@@ -653,6 +653,39 @@ def test_prompt_steps_run_eagerly_only_in_python_driven_engines():
     assert t_e - t_g == pytest.approx(EAGER_PREFILL * e.k["ov"][0], rel=1e-6)
 
 
+def test_a_closed_loop_run_starts_with_a_wave_of_prompts():
+    """benchmark_serving starts its B slots at once: the first B prompts prefill together, which
+    is B / N of the mean TTFT of an N-prompt run (InferenceX: N = 10 B) and nothing of a long
+    run's. The mixture is linear in B / N."""
+    from moatmeter.perf.validate import validate_rows
+
+    base = {"source": "s", "accelerator": "NVIDIA H100 SXM5 80GB", "count": "1",
+            "engine": "vLLM", "backend": "CUDA", "engine_version": "", "kv_dtype": "",
+            "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "bf16",
+            "scenario": "fixed_concurrency", "concurrency": "8", "input_len": "2048",
+            "output_len": "256", "metric": "ttft_ms", "value": "100"}
+    rows = [{**base, "id": "long", "source": "a", "notes": ""},
+            {**base, "id": "one-wave", "source": "b", "notes": "num-prompts 8"},
+            {**base, "id": "ten-waves", "source": "c", "notes": "num_prompts = 10 x concurrency"},
+            {**base, "id": "n80", "source": "d", "notes": "vllm bench serve --num-prompts 80"}]
+    pred = {r["id"]: r["predicted"] for r in validate_rows(CAT, rows)["rows"]}
+    assert pred["one-wave"] > 2.0 * pred["long"]
+    assert pred["ten-waves"] - pred["long"] == pytest.approx(
+        0.1 * (pred["one-wave"] - pred["long"]), rel=1e-6)
+    assert pred["n80"] == pytest.approx(pred["ten-waves"], rel=1e-9)
+
+
+def test_a_prefill_pass_pays_one_step_overhead_per_chunk():
+    from moatmeter.perf.step import CHUNK_TOKENS
+
+    s = resolve(CAT, accelerator="h100-sxm", stack="vllm-cuda", model="llama-3.1-8b", tp=1, pp=1,
+                weight_dtype="bf16", kv_dtype="bf16", context=4096).s
+    one = s.k["ov"] + s.k["ov_eager"]
+    assert prefill_time(s, 1024.0).overhead == pytest.approx(one)
+    n = 3.5 * CHUNK_TOKENS / 1024.0  # 3.5 chunks' worth of 1024-token prompts: 4 steps
+    assert prefill_time(s, 1024.0, n).overhead == pytest.approx(4.0 * one)
+
+
 def test_sweep_point_slower_than_a_higher_concurrency_is_skipped_as_unsteady():
     """A TPOT that falls as concurrency rises is not steady state (warm-up, kernels compiled on
     first use): that point's rows are skipped, the rest of the sweep is modelled."""

@@ -62,10 +62,13 @@ def run_observations(conn: sqlite3.Connection, run_id: str,
               "total_tokens_per_s": m["total_tokens_per_s"],
               "requests_per_s": m["requests_per_s"],
               "ttft_ms": m["ttft_ms"]["mean"], "tpot_ms": m["tpot_ms"]["mean"]}
+    n_sent = m["completed"] + sum(m["errors"].values())
     note = (f"measured by moatmeter bench serve ({m['completed']} requests, "
             f"{sum(m['errors'].values())} errors); latencies are means; token counts from "
             f"{m['token_count_source']}; declared tp={d.get('tp', 1)} pp={d.get('pp', 1)}"
-            f"{'; rate ' + str(s['rate']) + ' req/s' if s.get('rate') else ''}")
+            f"{'; rate ' + str(s['rate']) + ' req/s' if s.get('rate') else ''}"
+            # the closed loop starts its workers together: the model's first-wave TTFT
+            f"{'' if s.get('rate') else '; num-prompts ' + str(n_sent)}")
     rows = []
     for metric in METRICS:
         v = values[metric]

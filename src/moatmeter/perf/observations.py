@@ -151,6 +151,7 @@ class Obs:
     lockstep: bool = False  # fixed-length closed loop whose slots start and end together
     profile_tokens: float = float("nan")  # tokens of the engine's start-up profiling pass
     graph_prefill: bool = False  # prompts run from a prebuilt engine too (TensorRT-LLM engines)
+    n_prompts: float = float("nan")  # prompts a closed-loop run sends in all (NaN: many)
     when: float = float("nan")  # measurement date as a decimal year (NaN: unknown)
     spec_k: float = 0.0  # speculative decoding: drafted tokens per step (0 = off)
     spec_accept: float = 0.0  # per-token acceptance probability
@@ -163,6 +164,10 @@ LOCKSTEP = re.compile(r"\block-step\b|\bstatic batch\b|benchmark_latency"
 # the engine's start-up profiling pass, when the notes state it (vLLM V0 without chunked prefill
 # profiles max(max_model_len, 2048) tokens and keeps their activations out of the KV cache)
 PROFILE_TOKENS = re.compile(r"\bmax_num_batched_tokens\s*=\s*(\d+)")
+# The prompts a closed-loop run sends in all (benchmark_serving --num-prompts): "num-prompts 40",
+# or InferenceX's "num_prompts = 10 x concurrency".
+NUM_PROMPTS_X = re.compile(r"\bnum[_-]prompts\s*=?\s*(\d+)\s*x\s*concurrency", re.IGNORECASE)
+NUM_PROMPTS = re.compile(r"\bnum[_-]prompts\s*=?\s*(\d+)\b(?!\s*x)", re.IGNORECASE)
 # when the measurement was made: a "measured=YYYY-MM" token in the notes, else the first date in
 # the source (documents name their date there)
 MEASURED = re.compile(r"\bmeasured\s*=\s*(20\d\d)-(0[1-9]|1[0-2])\b")
@@ -298,6 +303,14 @@ def _choose_parallel(cat: Catalog, row: dict[str, str], acc_id: str, model_id: s
     return min(tp, count), 1
 
 
+def _n_prompts(notes: str, conc: float | None) -> float:
+    if (mx := NUM_PROMPTS_X.search(notes)) and conc:
+        return float(mx.group(1)) * conc
+    if mn := NUM_PROMPTS.search(notes):
+        return float(mn.group(1))
+    return float("nan")
+
+
 def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[dict[str, str]]]:
     """Rows → (modelable observations, skipped [{id, reason}])."""
     ix = _Index(cat)
@@ -417,6 +430,7 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                            mp := PROFILE_TOKENS.search(notes)) else float("nan"),
                        when=measured_when(r["source"], notes),
                        spec_k=spec_k, spec_accept=spec_a,
+                       n_prompts=_n_prompts(notes, conc),
                        graph_prefill=engine.lower() == "tensorrt-llm" and not re.search(
                            "pytorch", f"{r.get('engine_version', '')} {notes}", re.IGNORECASE)))
     return out, skipped
@@ -438,6 +452,7 @@ class Prepared:
     rate: np.ndarray  # per replica, NaN unless a server row states its rate
     burst_cap: np.ndarray  # output cap of burst rows, NaN otherwise
     lockstep: np.ndarray  # bool: closed-loop rows run as synchronised waves
+    n_prompts: np.ndarray  # prompts a closed-loop run sends in all, NaN if not stated
 
 
 def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
@@ -487,7 +502,8 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
                  tpot_slo=np.array([o.tpot_slo for o in obs]),
                  rate=np.array([o.rate for o in obs]) / col["replicas"].astype(float),
                  burst_cap=np.array([o.burst_cap for o in obs], dtype=float),
-                 lockstep=np.array([o.lockstep for o in obs], dtype=bool))
+                 lockstep=np.array([o.lockstep for o in obs], dtype=bool),
+                 n_prompts=np.array([o.n_prompts for o in obs], dtype=float) / col["replicas"])
     return p, skipped
 
 
@@ -517,6 +533,17 @@ def predict_prepared(p: Prepared, eff_c: np.ndarray | None = None, eff_m: np.nda
         i = np.flatnonzero(bu)
         rps[i], ttft[i], tpot[i] = burst(s.take(i), conc[i], bcap[i], p.inp[i], p.out[i],
                                          p.burst_cap[i])
+    # A closed-loop client starts its B slots at once: the first B prompts arrive together and
+    # prefill as one wave (first tokens spread over it), the later ones find the steady mix. With
+    # N prompts in all (InferenceX sends 10 B) that first wave is B / N of the mean TTFT.
+    g0 = (cl & (p.scen == "fixed_concurrency") & ~p.lockstep & ~bu & (p.n_prompts > 0)
+          & (np.nan_to_num(conc, nan=1.0) > 1.0))
+    if g0.any():
+        i = np.flatnonzero(g0)
+        b = np.minimum(conc[i], bcap[i])
+        share = np.clip(b / p.n_prompts[i], 0.0, 1.0)
+        wave = (b + 1.0) / (2.0 * b) * prefill_time(s.take(i), p.inp[i], b).total
+        ttft[i] = share * wave + (1.0 - share) * ttft[i]
     ls = cl & p.lockstep & ~bu
     if ls.any():
         i = np.flatnonzero(ls)

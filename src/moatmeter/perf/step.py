@@ -298,7 +298,10 @@ def _step(s: StepInputs, batch: np.ndarray | float, context: np.ndarray,
 
 def prefill_time(s: StepInputs, prompt: np.ndarray | float, n_prompts: np.ndarray | float = 1.0
                  ) -> StepTime:
-    """Time to prefill ``n_prompts`` prompts of ``prompt`` tokens in one pass (no pipelining)."""
+    """Time to prefill ``n_prompts`` prompts of ``prompt`` tokens in one pass (no pipelining).
+
+    The engine walks the pass in chunks of ``CHUNK_TOKENS`` tokens, one step each: the step
+    overhead (and the eager-execution one) is paid per chunk."""
     L = np.maximum(np.asarray(prompt, float), 1.0)
     n = np.asarray(n_prompts, float)
     T = L * n
@@ -311,7 +314,8 @@ def prefill_time(s: StepInputs, prompt: np.ndarray | float, n_prompts: np.ndarra
     stage = s.pp * smooth_max(t_m, t_c)
     comm = _comm(s, T) * s.pp
     p2p = np.where(s.pp > 1, (s.pp - 1.0) * s.link_lat, 0.0)
-    ov = s.k["ov"] + s.k["ov_eager"]
+    # the engine walks T tokens in chunks of CHUNK_TOKENS, one step (and its overhead) each
+    ov = (s.k["ov"] + s.k["ov_eager"]) * np.maximum(np.ceil(T / CHUNK_TOKENS), 1.0)
     total = stage + comm + p2p + ov
     return StepTime(total=total, memory=s.pp * t_m, compute=s.pp * t_c, comm=comm + p2p,
                     overhead=ov,
