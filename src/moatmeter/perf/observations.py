@@ -206,8 +206,6 @@ def _num(v: str) -> float | None:
 # where the same sweep's 8 users get 12.8 ms.
 UNSTEADY_MARGIN = 1.1
 SWEEP_SCENARIOS = ("fixed_concurrency", "single_stream")
-
-
 SWEEP_KEY = ("source", "accelerator", "count", "engine", "backend", "engine_version", "model",
              "weight_dtype", "kv_dtype", "input_len", "output_len")
 
@@ -232,7 +230,7 @@ def unsteady_rows(rows: list[dict[str, str]]) -> dict[str, str]:
     """Ids of sweep points that break concurrency monotonicity → the reason they are skipped."""
     Point = dict[str, tuple[float, str]]
     sweeps: dict[tuple[str, ...], dict[float, Point]] = {}
-    for r in rows:
+    for n, r in enumerate(rows, start=1):
         if r.get("scenario", "").lower() not in SWEEP_SCENARIOS:
             continue
         c, v = _num(r.get("concurrency", "")), _num(r.get("value", ""))
@@ -241,7 +239,7 @@ def unsteady_rows(rows: list[dict[str, str]]) -> dict[str, str]:
         ms = SPEC_TOKENS.search(r.get("notes", ""))
         key = (*(r.get(k, "").lower() for k in SWEEP_KEY), ms.group(1) if ms else "")
         point = sweeps.setdefault(key, {}).setdefault(c, {})
-        point[r.get("metric", "").lower()] = (v, r.get("id", ""))
+        point[r.get("metric", "").lower()] = (v, r.get("id") or f"row {n}")  # as map_rows names it
     out: dict[str, str] = {}
     for points in sweeps.values():
         cs = sorted(points)
