@@ -540,7 +540,7 @@ def predict_prepared(p: Prepared, eff_c: np.ndarray | None = None, eff_m: np.nda
         i = np.flatnonzero(g0)
         b = np.minimum(conc[i], bcap[i])
         share = np.clip(b / p.n_prompts[i], 0.0, 1.0)
-        wave = (b + 1.0) / (2.0 * b) * prefill_time(s.take(i), p.inp[i], b).total
+        wave = wave_ttft(prefill_time(s.take(i), p.inp[i], b).total, b)
         ttft[i] = share * wave + (1.0 - share) * ttft[i]
     ls = cl & p.lockstep & ~bu
     if ls.any():
@@ -628,7 +628,12 @@ def lockstep(s: Any, b: np.ndarray, inp: np.ndarray, out: np.ndarray
     """
     b = np.maximum(b, 1.0)
     rps, pf, step = burst(s, b, b, inp, out, out)  # one wave: every output as long as the longest
-    return rps, pf * (b + 1.0) / (2.0 * b), step
+    return rps, wave_ttft(pf, b), step
+
+
+def wave_ttft(prefill: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean TTFT of B prompts prefilled as one wave: first tokens spread evenly over it."""
+    return prefill * (b + 1.0) / (2.0 * b)
 
 
 def rows_keys(p: Prepared) -> list[dict[str, str]]:

@@ -202,18 +202,24 @@ def _weights_read(s: StepInputs, tokens: np.ndarray) -> np.ndarray:
     return s.w_dense + s.moe_layers * experts_touched(s.n_experts, s.topk, tokens) * s.w_expert
 
 
-def _weights_read_mixed(s: StepInputs, decodes: np.ndarray, prefill: np.ndarray) -> np.ndarray:
+def _chunk_share(prefill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(share of steps that carry a prompt chunk, chunk size) for ``prefill`` prompt tokens per
+    step on average: prompts arrive in chunks of up to ``CHUNK_TOKENS`` tokens."""
+    chunk = np.maximum(CHUNK_TOKENS, prefill)
+    return np.clip(prefill / chunk, 0.0, 1.0), chunk
+
+
+def _weights_read_mixed(s: StepInputs, decodes: np.ndarray, prefill: np.ndarray,
+                        share: np.ndarray, chunk: np.ndarray) -> np.ndarray:
     """Weights read by a decode step carrying on average ``prefill`` prompt tokens.
 
-    Prompts arrive in chunks of up to ``CHUNK_TOKENS`` tokens: a share prefill / chunk of the steps
-    carries one and touches the experts of decodes + chunk tokens, the others those of the decodes
-    alone. Spreading the prompt tokens evenly over the steps instead would make every decode step
-    of a MoE model touch many more experts than it does (E(b + x) > the mixture: E is concave).
+    A share of the steps (``_chunk_share``) carries a chunk and touches the experts of decodes +
+    chunk tokens, the others those of the decodes alone. Spreading the prompt tokens evenly over
+    the steps instead would make every decode step of a MoE model touch many more experts than it
+    does (E(b + x) > the mixture: E is concave).
     """
     if not s.k["moe"]:
         return s.w_dense
-    chunk = np.maximum(CHUNK_TOKENS, prefill)
-    share = np.clip(prefill / chunk, 0.0, 1.0)
     e = ((1.0 - share) * experts_touched(s.n_experts, s.topk, decodes)
          + share * experts_touched(s.n_experts, s.topk, decodes + chunk))
     return s.w_dense + s.moe_layers * e * s.w_expert
@@ -281,16 +287,14 @@ def _step(s: StepInputs, batch: np.ndarray | float, context: np.ndarray,
     tokens = bq + x
     bctx = b * context
     # weights read once, KV read for the decodes and written for the prompt tokens
-    t_m = (_weights_read_mixed(s, bq, x) + (bctx + x) * s.kv_tok + tokens * s.act_tok
+    share, chunk = _chunk_share(x)
+    t_m = (_weights_read_mixed(s, bq, x, share, chunk) + (bctx + x) * s.kv_tok + tokens * s.act_tok
            ) * k["inv_bw"]
     t_c = (tokens * s.flops_tok + k["attn4"] * bctx * queries
            + k["attn4p"] * x * prefill_context) * k["inv_pk"]
     stage = smooth_max(t_m, t_c)
     comm = k["comm_a"] + k["comm_b"] * tokens
-    if eager is None:  # the share of steps that carry a prompt chunk
-        xs = x * pp
-        eager = np.clip(xs / np.maximum(CHUNK_TOKENS, xs), 0.0, 1.0)
-    ov = k["ov"] + k["ov_eager"] * eager
+    ov = k["ov"] + k["ov_eager"] * (share if eager is None else eager)
     total = pp * (stage + comm) + k["p2p"] + ov
     return StepTime(total=total, memory=pp * t_m, compute=pp * t_c, comm=pp * comm + k["p2p"],
                     overhead=ov, bytes_per_device=t_m / k["inv_bw"] / (s.tp * pp))
