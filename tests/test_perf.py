@@ -26,7 +26,13 @@ from moatmeter.perf import memory as mem
 from moatmeter.perf.deploy import resolve
 from moatmeter.perf.serving import closed_loop, goodput, open_loop
 from moatmeter.perf.step import CHUNK_TOKENS as CHUNK
-from moatmeter.perf.step import StepInputs, decode_step, experts_touched, prefill_time
+from moatmeter.perf.step import (
+    EAGER_PREFILL,
+    StepInputs,
+    decode_step,
+    experts_touched,
+    prefill_time,
+)
 
 CAT = load_catalog()
 
@@ -242,7 +248,8 @@ def _inputs(n: int, bw: float, peak: float, params_b: float, tp: float = 1.0) ->
                       n_experts=0 * one, topk=0 * one, moe_layers=0 * one,
                       kv_tok=131072.0 * one, flops_tok=2 * params_b * 1e9 * one,
                       attn=32 * 32 * 128.0 * one, hidden=4096.0 * one, layers=32.0 * one,
-                      act_tok=2.0 * 32 * (8 * 4096 * tp + 3 * 14336 + 2 * 4096) * one)
+                      act_tok=2.0 * 32 * (8 * 4096 * tp + 3 * 14336 + 2 * 4096) * one,
+                      eager=EAGER_PREFILL * one)  # a vLLM-like engine: prompt steps run eagerly
 
 
 bws = st.floats(1e11, 1e13)
@@ -625,8 +632,6 @@ def test_prompt_steps_run_eagerly_only_in_python_driven_engines():
     """vLLM (and SGLang, TGI, TensorRT-LLM's PyTorch backend) replay CUDA graphs for decode only:
     a step carrying a prompt pays EAGER_PREFILL times the step overhead more. llama.cpp replays
     its graph for prompts too, and so do TensorRT engine builds (graph_prefill)."""
-    from moatmeter.perf.step import EAGER_PREFILL
-
     assert EAGER_PREFILL > 0
     kw = dict(accelerator=["h100-sxm"] * 3, model="llama-3.1-8b", tp=1, pp=1,
               weight_dtype=["bf16", "q4_0", "bf16"], kv_dtype="bf16", context=2048)
