@@ -27,6 +27,7 @@ from moatmeter.perf.deploy import resolve
 from moatmeter.perf.serving import closed_loop, goodput, open_loop
 from moatmeter.perf.step import CHUNK_TOKENS as CHUNK
 from moatmeter.perf.step import (
+    EAGER_DECODE,
     EAGER_PREFILL,
     StepInputs,
     decode_step,
@@ -656,6 +657,36 @@ def test_prompt_steps_run_eagerly_only_in_python_driven_engines():
     t_e = closed_loop(e, one, np.array([1024.0]), np.array([256.0])).ttft_mean[0]
     t_g = closed_loop(g, one, np.array([1024.0]), np.array([256.0])).ttft_mean[0]
     assert t_e - t_g == pytest.approx(EAGER_PREFILL * e.k["ov"][0], rel=1e-6)
+
+
+def test_without_cuda_graphs_every_step_runs_eagerly():
+    """vLLM --enforce-eager (and TensorRT-LLM's early PyTorch backend, whose CUDA graphs were off
+    by default) replays no graph at all: decode steps pay the eager overhead that otherwise only
+    prompt steps pay, and prompt steps pay it once, not twice."""
+    kw = dict(accelerator="h100-sxm", model="llama-3.1-8b", tp=1, pp=1, weight_dtype="bf16",
+              kv_dtype="bf16", context=2048, stack="vllm-cuda")
+    g = resolve(CAT, **kw).s
+    e = resolve(CAT, eager_decode=True, **kw).s
+    b, ctx = np.array([8.0]), np.array([1024.0])
+    assert decode_step(e, b, ctx).overhead == pytest.approx(
+        decode_step(g, b, ctx).overhead * (1.0 + EAGER_DECODE))
+    assert prefill_time(e, np.array([1024.0])).overhead == pytest.approx(
+        prefill_time(g, np.array([1024.0])).overhead)
+    assert decode_step(e, b, ctx).total[0] > decode_step(g, b, ctx).total[0]
+
+
+def test_notes_that_say_cuda_graphs_are_off_make_decode_eager():
+    from moatmeter.perf.observations import map_rows
+
+    base = {"id": "a", "source": "s", "accelerator": "NVIDIA H100 SXM5 80GB", "count": "1",
+            "engine": "vLLM", "backend": "CUDA", "engine_version": "0.6.3 --enforce-eager",
+            "kv_dtype": "", "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "bf16",
+            "scenario": "fixed_concurrency", "concurrency": "8", "input_len": "1024",
+            "output_len": "256", "metric": "output_tokens_per_s", "value": "500", "notes": ""}
+    rows = [base, {**base, "id": "b", "engine_version": "0.6.3"},
+            {**base, "id": "c", "engine_version": "", "notes": "CUDA graphs off (defaults)"}]
+    obs, _ = map_rows(CAT, rows)
+    assert [o.eager_decode for o in obs] == [True, False, True]
 
 
 def test_a_closed_loop_run_starts_with_a_wave_of_prompts():

@@ -81,6 +81,15 @@ def test_predict_dp_attention_flag(cli):
     assert any("data-parallel" in n for n in on["notes"])
 
 
+def test_predict_enforce_eager_slows_decode_not_memory(cli):
+    plain, eager = (json.loads(cli(*PREDICT, "--concurrency", "8", "--json", *extra).stdout)
+                    for extra in ([], ["--enforce-eager"]))
+    assert eager["memory"] == plain["memory"]
+    assert eager["tpot_s"] > plain["tpot_s"]
+    assert eager["output_tokens_per_s"] < plain["output_tokens_per_s"]
+    assert any("no CUDA graphs" in n for n in eager["notes"])
+
+
 def test_predict_profile_tokens_shrink_the_kv_pool(cli):
     base = ["predict", "--accelerator", "h100-sxm", "--count", "8", "--tp", "8", "--stack",
             "vllm-cuda", "--model", "llama-3.1-405b", "--dtype", "fp8_mlp", "--input", "2048",

@@ -67,6 +67,10 @@ def predict_cmd(
         "--spec-draft-cost", help="Drafting one token as a fraction of a decode step. Default "
         "1/layers (one MTP block); a separate draft model: its parameters over the "
         "target's.")] = None,
+    eager: Annotated[bool, typer.Option(
+        "--enforce-eager", help="The engine runs without CUDA graphs (vLLM --enforce-eager, "
+        "TensorRT-LLM's early PyTorch backend): decode steps pay the eager-execution "
+        "overhead too.")] = False,
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -91,7 +95,8 @@ def predict_cmd(
                            concurrency=concurrency, rate=rate, max_batch=max_batch,
                            dp_attention=dp_attention, profile_tokens=profile_tokens,
                            spec_tokens=spec_tokens, spec_accept=spec_accept,
-                           spec_accept_len=spec_accept_len, spec_draft_cost=spec_draft_cost)
+                           spec_accept_len=spec_accept_len, spec_draft_cost=spec_draft_cost,
+                           eager=eager)
     if json_out:
         print_json(p.to_dict())
         return

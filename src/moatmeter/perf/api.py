@@ -204,7 +204,8 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                        dp_attention: bool = False,
                        profile_tokens: int | None = None, spec_tokens: int = 0,
                        spec_accept: float | None = None, spec_accept_len: float | None = None,
-                       spec_draft_cost: float | None = None) -> Prediction:
+                       spec_draft_cost: float | None = None,
+                       eager: bool = False) -> Prediction:
     """Predict one deployment (``count`` devices = ``count / (tp·pp)`` data-parallel replicas).
 
     ``dp_attention``: attention data-parallel inside the TP group (SGLang --enable-dp-attention,
@@ -219,6 +220,9 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
     length ``spec_accept_len`` (tokens per step, 1 … spec_tokens + 1) instead;
     ``spec_draft_cost``: drafting one token as a fraction of a decode step (default 1/layers, an
     MTP head; a separate draft model: its parameters over the target's).
+
+    ``eager``: the engine runs without CUDA graphs (vLLM ``--enforce-eager``, often needed on
+    consumer ROCm cards): decode steps pay the eager-execution overhead too.
 
     Throughputs are for all ``count`` devices; the load (concurrency or Poisson rate) is split
     evenly across replicas; with neither it is offline maximum throughput.
@@ -267,7 +271,7 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                 max_batch=None if max_batch is None else np.array([max_batch]), calib=calib,
                 dp_attention=np.array([bool(dp_attention)]),
                 profile_tokens=None if profile_tokens is None else np.array(
-                    [float(profile_tokens)]))
+                    [float(profile_tokens)]), eager_decode=np.array([bool(eager)]))
     if spec_tokens:
         r.s = r.s.with_speculation(spec_tokens, accept, spec_draft_cost)
         per = float(np.ravel(spec_tokens_per_step(r.s))[0])
@@ -282,6 +286,9 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
         held = float(r.extra["profile_held"][0])
         pre_notes.append(f"start-up profiling pass of {profile_tokens:,} tokens keeps "
                          f"{held / mem.GIB:.1f} GiB per device out of the KV cache")
+    if eager:
+        pre_notes.append("no CUDA graphs: every step, decode included, pays the eager-execution "
+                         "overhead")
     if dp_attention and tp > 1:
         pre_notes.append("attention data-parallel across the TP group: one KV copy, attention "
                          "weights on every rank")

@@ -164,7 +164,8 @@ def _uniq(key: np.ndarray, space: int) -> tuple[np.ndarray, np.ndarray]:
 def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: Any, pp: Any,
             weight_dtype: Any, kv_dtype: Any, context: Any, max_batch: Any = None,
             calib: Calibration | None = None, dp_attention: Any = False,
-            profile_tokens: Any = None, graph_prefill: Any = False) -> Resolved:
+            profile_tokens: Any = None, graph_prefill: Any = False,
+            eager_decode: Any = False) -> Resolved:
     """Arrays (or scalars, broadcast) of ids and settings → ``Resolved``.
 
     ``dp_attention`` (bool per row): attention runs data-parallel across the TP group (SGLang
@@ -180,6 +181,10 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     ``graph_prefill`` (bool per row): the runtime replays a prebuilt engine for prompt steps too
     (TensorRT-LLM's TensorRT engine builds, the default before its PyTorch backend), so a prompt
     step pays no eager-execution overhead (``step.EAGER_PREFILL``).
+
+    ``eager_decode`` (bool per row): no CUDA graphs at all (vLLM ``--enforce-eager``, the
+    TensorRT-LLM PyTorch backend before graphs were on by default), so decode steps pay the
+    eager-execution overhead too.
 
     ``model`` holds catalog model ids (or one ``ModelEntry``). Unknown ids raise ``CatalogError``.
     """
@@ -395,7 +400,8 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                    attn_pre=attn_pre,
                    hidden=hidden, layers=layers, act_tok=act_tok,
                    eager=np.where(np.broadcast_to(np.asarray(graph_prefill, bool), (n,)), 0.0,
-                                  eager_u[st_i]))
+                                  eager_u[st_i]),
+                   eager_decode=np.broadcast_to(np.asarray(eager_decode, bool), (n,)).copy())
     return Resolved(s=s, feasible=feasible, reason=list(reasons), devices=devices,
                     weights_per_device=w_dev, device_bytes=mem_gb * mem.GIB,
                     usable_per_device=usable, kv_pool=pool,

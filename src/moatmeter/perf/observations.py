@@ -151,6 +151,7 @@ class Obs:
     lockstep: bool = False  # fixed-length closed loop whose slots start and end together
     profile_tokens: float = float("nan")  # tokens of the engine's start-up profiling pass
     graph_prefill: bool = False  # prompts run from a prebuilt engine too (TensorRT-LLM engines)
+    eager_decode: bool = False  # no CUDA graphs at all (--enforce-eager, "CUDA graphs off")
     n_prompts: float = float("nan")  # prompts a closed-loop run sends in all (NaN: many)
     when: float = float("nan")  # measurement date as a decimal year (NaN: unknown)
     spec_k: float = 0.0  # speculative decoding: drafted tokens per step (0 = off)
@@ -183,6 +184,9 @@ def measured_when(source: str, notes: str) -> float:
 # attention data parallel across the TP group: TensorRT-LLM "DEP4" / enable_attention_dp, SGLang
 # --enable-dp-attention
 DP_ATTENTION = re.compile(r"\bDEP\d|enable[-_]dp[-_]attention|enable_attention_dp")
+# no CUDA graphs at all, decode included: vLLM --enforce-eager, or notes that say "CUDA graphs off"
+NO_CUDA_GRAPHS = re.compile(r"--enforce[-_]eager|\benforce_eager\b|\bCUDA graphs off\b",
+                            re.IGNORECASE)
 # speculative decoding as the notes state it: "spec_tokens=3" drafted tokens per step with either
 # "accept_len=2.82" (mean tokens per step, as engines print it) or "accept=0.77" (per token)
 SPEC_TOKENS = re.compile(r"\bspec_tokens\s*=\s*(\d+)")
@@ -429,6 +433,8 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                        when=measured_when(r["source"], notes),
                        spec_k=spec_k, spec_accept=spec_a,
                        n_prompts=_n_prompts(notes, conc),
+                       eager_decode=bool(NO_CUDA_GRAPHS.search(
+                           f"{r.get('engine_version', '')} {notes}")),
                        graph_prefill=engine.lower() == "tensorrt-llm" and not re.search(
                            "pytorch", f"{r.get('engine_version', '')} {notes}", re.IGNORECASE)))
     return out, skipped
@@ -480,7 +486,8 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
                   kv_dtype=col["kv_dtype"], context=ctx, max_batch=mb, calib=calib,
                   dp_attention=np.array([o.dp_attention for o in obs], dtype=bool),
                   profile_tokens=np.array([o.profile_tokens for o in obs], dtype=float),
-                  graph_prefill=np.array([o.graph_prefill for o in obs], dtype=bool))
+                  graph_prefill=np.array([o.graph_prefill for o in obs], dtype=bool),
+                  eager_decode=np.array([o.eager_decode for o in obs], dtype=bool))
     res.s = res.s.with_speculation(np.array([o.spec_k for o in obs], dtype=float),
                                    np.array([o.spec_accept for o in obs], dtype=float))
     keep = np.flatnonzero(res.feasible)

@@ -33,7 +33,9 @@ and compute imperfectly, so near the ridge point the time is higher than either 
   batches only, so a step that carries prompt tokens pays ``EAGER_PREFILL`` times the step
   overhead more (kernel launches and Python dispatch per operator of every layer). A
   mean-field step pays it in the share of steps that carry a prompt chunk; the step that
-  carries a request's own prompt always does.
+  carries a request's own prompt always does. Without CUDA graphs at all (``eager_decode``:
+  vLLM ``--enforce-eager``, TensorRT-LLM's early PyTorch backend) decode steps pay
+  ``EAGER_DECODE`` times the overhead more as well.
 - Speculative decoding (``StepInputs.with_speculation``): each decode step first drafts k tokens
   per sequence, each draft costing ``spec_draft`` of a plain decode step (an MTP head is one
   more transformer block: 1/layers; a separate draft model: its size over the target's), then
@@ -84,6 +86,14 @@ CHUNK_TOKENS = 8192.0
 # 605-row set (median / p90 APE, rows beyond 35 %): 0 -> 15.7 / 62.6 % (121), 7 -> 14.6 / 45.0 %
 # (94), 10 -> 14.2 / 44.4 % (98), 20 -> 15.4 / 44.9 % (102).
 EAGER_PREFILL = 10.0
+# Without CUDA graphs at all (vLLM --enforce-eager, TensorRT-LLM's PyTorch backend before graphs
+# were on by default) decode steps run eagerly too, at this multiple of the graph-replayed step
+# overhead on top of it; prompt steps still pay EAGER_PREFILL in all. Smaller than EAGER_PREFILL:
+# a decode step's kernels are fewer and shaped alike, and a prompt step also builds variable-length
+# attention metadata. Chosen by leave-one-source-out CV on the 605-row set (median / p90 APE, rows
+# beyond 35 %): none 14.4 / 42.6 % (89), 2 -> 14.4 / 42.0 % (86), 3 -> 14.5 / 41.8 % (84),
+# 5 -> 14.5 / 42.4 % (87), 10 (= EAGER_PREFILL) -> 14.8 / 44.4 % (97).
+EAGER_DECODE = 3.0
 
 
 @dataclass
@@ -114,6 +124,9 @@ class StepInputs:
     # extra overhead of a step carrying prompt tokens, in multiples of the step overhead (eager
     # execution, EAGER_PREFILL); None or 0 where prompts run from a prebuilt graph too
     eager: np.ndarray | None = None
+    # bool per row: no CUDA graphs at all (vLLM --enforce-eager, TensorRT-LLM's early PyTorch
+    # backend): every step, decode included, pays the eager-execution overhead; None = graphs on
+    eager_decode: np.ndarray | None = None
     # speculative decoding (None = off): drafted tokens per step, per-token acceptance, and the
     # cost of drafting one token as a fraction of a plain decode step
     spec_k: np.ndarray | None = None
@@ -162,6 +175,12 @@ class StepInputs:
                                        + OVERHEAD_LAYER_SHARE * self.layers / REF_LAYERS),
             }
             self._k["ov_eager"] = self._k["ov"] * (0.0 if self.eager is None else self.eager)
+            if self.eager_decode is not None and np.any(self.eager_decode):
+                ed = np.asarray(self.eager_decode, bool)
+                base = self._k["ov"]
+                self._k["ov"] = np.where(ed, base * (1.0 + EAGER_DECODE), base)
+                self._k["ov_eager"] = np.where(ed, base * max(EAGER_PREFILL - EAGER_DECODE, 0.0),
+                                               self._k["ov_eager"])
         return self._k
 
     def with_eff(self, eff_c: np.ndarray, eff_m: np.ndarray, overhead: np.ndarray) -> StepInputs:
