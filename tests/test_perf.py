@@ -689,6 +689,38 @@ def test_notes_that_say_cuda_graphs_are_off_make_decode_eager():
     assert [o.eager_decode for o in obs] == [True, False, True]
 
 
+def test_a_scheduler_that_polls_every_n_steps_delays_the_first_token_under_load():
+    """SGLang's --scheduler-recv-interval N takes in new requests every N decode steps while a
+    batch runs: a request waits (N - 1) / 2 steps more; alone (nothing decoding) it does not."""
+    kw = dict(accelerator="h100-sxm", model="llama-3.1-8b", tp=1, pp=1, weight_dtype="bf16",
+              kv_dtype="bf16", context=2048, stack="sglang-cuda")
+    every = resolve(CAT, **kw).s
+    ten = resolve(CAT, poll_steps=10.0, **kw).s
+    inp, out = np.array([1024.0]), np.array([256.0])
+    for b in (8.0, 64.0):
+        p1 = closed_loop(every, np.array([b]), inp, out)
+        p10 = closed_loop(ten, np.array([b]), inp, out)
+        assert p10.ttft_mean[0] - p1.ttft_mean[0] == pytest.approx(4.5 * p1.step.total[0])
+        assert p10.tpot_mean[0] == pytest.approx(p1.tpot_mean[0])
+        assert p10.rate_rps[0] < p1.rate_rps[0]  # the wait is part of each request's life
+    one = np.array([1.0])
+    assert closed_loop(ten, one, inp, out).ttft_mean[0] == pytest.approx(
+        closed_loop(every, one, inp, out).ttft_mean[0])
+
+
+def test_the_recv_interval_is_read_from_the_notes():
+    from moatmeter.perf.observations import map_rows
+
+    base = {"id": "a", "source": "s", "accelerator": "NVIDIA H100 SXM5 80GB", "count": "1",
+            "engine": "SGLang", "backend": "CUDA", "engine_version": "0.5.12",
+            "kv_dtype": "", "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "bf16",
+            "scenario": "fixed_concurrency", "concurrency": "8", "input_len": "1024",
+            "output_len": "256", "metric": "ttft_ms", "value": "50",
+            "notes": "server flags: --scheduler-recv-interval 30"}
+    obs, _ = map_rows(CAT, [base, {**base, "id": "b", "notes": ""}])
+    assert [o.poll_steps for o in obs] == [30.0, 1.0]
+
+
 def test_a_closed_loop_run_starts_with_a_wave_of_prompts():
     """benchmark_serving starts its B slots at once: the first B prompts prefill together, which
     is B / N of the mean TTFT of an N-prompt run (InferenceX: N = 10 B) and nothing of a long

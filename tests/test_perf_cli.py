@@ -90,6 +90,15 @@ def test_predict_enforce_eager_slows_decode_not_memory(cli):
     assert any("no CUDA graphs" in n for n in eager["notes"])
 
 
+def test_predict_recv_interval_delays_the_first_token(cli):
+    plain, polled = (json.loads(cli(*PREDICT, "--concurrency", "32", "--json", *extra).stdout)
+                     for extra in ([], ["--recv-interval", "30"]))
+    assert polled["ttft_s"] > plain["ttft_s"]
+    assert polled["tpot_s"] == pytest.approx(plain["tpot_s"])
+    assert any("every 30 decode steps" in n for n in polled["notes"])
+    one_line_error(cli(*PREDICT, "--recv-interval", "0"), "recv-interval", "positive integer")
+
+
 def test_predict_profile_tokens_shrink_the_kv_pool(cli):
     base = ["predict", "--accelerator", "h100-sxm", "--count", "8", "--tp", "8", "--stack",
             "vllm-cuda", "--model", "llama-3.1-405b", "--dtype", "fp8_mlp", "--input", "2048",

@@ -71,6 +71,9 @@ def predict_cmd(
         "--enforce-eager", help="The engine runs without CUDA graphs (vLLM --enforce-eager, "
         "TensorRT-LLM's early PyTorch backend): decode steps pay the eager-execution "
         "overhead too.")] = False,
+    recv_interval: Annotated[int, typer.Option(
+        "--recv-interval", help="The scheduler takes in new requests every N decode steps while "
+        "a batch runs (SGLang --scheduler-recv-interval; 1 = every step).")] = 1,
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -96,7 +99,7 @@ def predict_cmd(
                            dp_attention=dp_attention, profile_tokens=profile_tokens,
                            spec_tokens=spec_tokens, spec_accept=spec_accept,
                            spec_accept_len=spec_accept_len, spec_draft_cost=spec_draft_cost,
-                           eager=eager)
+                           eager=eager, recv_interval=recv_interval)
     if json_out:
         print_json(p.to_dict())
         return

@@ -205,7 +205,7 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                        profile_tokens: int | None = None, spec_tokens: int = 0,
                        spec_accept: float | None = None, spec_accept_len: float | None = None,
                        spec_draft_cost: float | None = None,
-                       eager: bool = False) -> Prediction:
+                       eager: bool = False, recv_interval: int = 1) -> Prediction:
     """Predict one deployment (``count`` devices = ``count / (tp·pp)`` data-parallel replicas).
 
     ``dp_attention``: attention data-parallel inside the TP group (SGLang --enable-dp-attention,
@@ -224,6 +224,9 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
     ``eager``: the engine runs without CUDA graphs (vLLM ``--enforce-eager``, often needed on
     consumer ROCm cards): decode steps pay the eager-execution overhead too.
 
+    ``recv_interval``: the scheduler takes in new requests every this many decode steps while a
+    batch runs (SGLang ``--scheduler-recv-interval``): a new request waits (N − 1) / 2 steps more.
+
     Throughputs are for all ``count`` devices; the load (concurrency or Poisson rate) is split
     evenly across replicas; with neither it is offline maximum throughput.
     """
@@ -239,6 +242,9 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
         raise InputError(f"concurrency must be ≥ 1, got {concurrency}", field="concurrency")
     if rate is not None and not (rate > 0):
         raise InputError(f"rate must be > 0 req/s, got {rate}", field="rate")
+    if not isinstance(recv_interval, int) or recv_interval < 1:
+        raise InputError(f"recv interval must be a positive integer, got {recv_interval}",
+                         field="recv-interval")
     if profile_tokens is not None and not (profile_tokens >= 1):
         raise InputError(f"profile tokens must be ≥ 1, got {profile_tokens}",
                          field="profile-tokens")
@@ -271,7 +277,8 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                 max_batch=None if max_batch is None else np.array([max_batch]), calib=calib,
                 dp_attention=np.array([bool(dp_attention)]),
                 profile_tokens=None if profile_tokens is None else np.array(
-                    [float(profile_tokens)]), eager_decode=np.array([bool(eager)]))
+                    [float(profile_tokens)]), eager_decode=np.array([bool(eager)]),
+                poll_steps=np.array([float(recv_interval)]))
     if spec_tokens:
         r.s = r.s.with_speculation(spec_tokens, accept, spec_draft_cost)
         per = float(np.ravel(spec_tokens_per_step(r.s))[0])
@@ -286,6 +293,9 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
         held = float(r.extra["profile_held"][0])
         pre_notes.append(f"start-up profiling pass of {profile_tokens:,} tokens keeps "
                          f"{held / mem.GIB:.1f} GiB per device out of the KV cache")
+    if recv_interval > 1:
+        pre_notes.append(f"scheduler takes new requests every {recv_interval} decode steps: "
+                         f"{(recv_interval - 1) / 2:g} steps more to the first token under load")
     if eager:
         pre_notes.append("no CUDA graphs: every step, decode included, pays the eager-execution "
                          "overhead")

@@ -165,7 +165,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
             weight_dtype: Any, kv_dtype: Any, context: Any, max_batch: Any = None,
             calib: Calibration | None = None, dp_attention: Any = False,
             profile_tokens: Any = None, graph_prefill: Any = False,
-            eager_decode: Any = False) -> Resolved:
+            eager_decode: Any = False, poll_steps: Any = 1.0) -> Resolved:
     """Arrays (or scalars, broadcast) of ids and settings → ``Resolved``.
 
     ``dp_attention`` (bool per row): attention runs data-parallel across the TP group (SGLang
@@ -185,6 +185,9 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     ``eager_decode`` (bool per row): no CUDA graphs at all (vLLM ``--enforce-eager``, the
     TensorRT-LLM PyTorch backend before graphs were on by default), so decode steps pay the
     eager-execution overhead too.
+
+    ``poll_steps`` (per row): the scheduler takes in new requests every this many decode steps
+    while a batch runs (SGLang ``--scheduler-recv-interval``; 1 = every step).
 
     ``model`` holds catalog model ids (or one ``ModelEntry``). Unknown ids raise ``CatalogError``.
     """
@@ -401,7 +404,8 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                    hidden=hidden, layers=layers, act_tok=act_tok,
                    eager=np.where(np.broadcast_to(np.asarray(graph_prefill, bool), (n,)), 0.0,
                                   eager_u[st_i]),
-                   eager_decode=np.broadcast_to(np.asarray(eager_decode, bool), (n,)).copy())
+                   eager_decode=np.broadcast_to(np.asarray(eager_decode, bool), (n,)).copy(),
+                   poll_steps=np.maximum(np.broadcast_to(np.asarray(poll_steps, float), (n,)), 1.0))
     return Resolved(s=s, feasible=feasible, reason=list(reasons), devices=devices,
                     weights_per_device=w_dev, device_bytes=mem_gb * mem.GIB,
                     usable_per_device=usable, kv_pool=pool,

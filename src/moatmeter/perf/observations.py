@@ -152,6 +152,7 @@ class Obs:
     profile_tokens: float = float("nan")  # tokens of the engine's start-up profiling pass
     graph_prefill: bool = False  # prompts run from a prebuilt engine too (TensorRT-LLM engines)
     eager_decode: bool = False  # no CUDA graphs at all (--enforce-eager, "CUDA graphs off")
+    poll_steps: float = 1.0  # SGLang --scheduler-recv-interval: new requests taken every N steps
     n_prompts: float = float("nan")  # prompts a closed-loop run sends in all (NaN: many)
     when: float = float("nan")  # measurement date as a decimal year (NaN: unknown)
     spec_k: float = 0.0  # speculative decoding: drafted tokens per step (0 = off)
@@ -187,6 +188,8 @@ DP_ATTENTION = re.compile(r"\bDEP\d|enable[-_]dp[-_]attention|enable_attention_d
 # no CUDA graphs at all, decode included: vLLM --enforce-eager, or notes that say "CUDA graphs off"
 NO_CUDA_GRAPHS = re.compile(r"--enforce[-_]eager|\benforce_eager\b|\bCUDA graphs off\b",
                             re.IGNORECASE)
+# SGLang's --scheduler-recv-interval N: while a batch decodes, new requests are taken every N steps
+RECV_INTERVAL = re.compile(r"scheduler[-_]recv[-_]interval\s*=?\s*(\d+)")
 # speculative decoding as the notes state it: "spec_tokens=3" drafted tokens per step with either
 # "accept_len=2.82" (mean tokens per step, as engines print it) or "accept=0.77" (per token)
 SPEC_TOKENS = re.compile(r"\bspec_tokens\s*=\s*(\d+)")
@@ -433,6 +436,8 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                        when=measured_when(r["source"], notes),
                        spec_k=spec_k, spec_accept=spec_a,
                        n_prompts=_n_prompts(notes, conc),
+                       poll_steps=float(mr_.group(1)) if (mr_ := RECV_INTERVAL.search(
+                           f"{r.get('engine_version', '')} {notes}")) else 1.0,
                        eager_decode=bool(NO_CUDA_GRAPHS.search(
                            f"{r.get('engine_version', '')} {notes}")),
                        graph_prefill=engine.lower() == "tensorrt-llm" and not re.search(
@@ -487,7 +492,8 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
                   dp_attention=np.array([o.dp_attention for o in obs], dtype=bool),
                   profile_tokens=np.array([o.profile_tokens for o in obs], dtype=float),
                   graph_prefill=np.array([o.graph_prefill for o in obs], dtype=bool),
-                  eager_decode=np.array([o.eager_decode for o in obs], dtype=bool))
+                  eager_decode=np.array([o.eager_decode for o in obs], dtype=bool),
+                  poll_steps=np.array([o.poll_steps for o in obs], dtype=float))
     res.s = res.s.with_speculation(np.array([o.spec_k for o in obs], dtype=float),
                                    np.array([o.spec_accept for o in obs], dtype=float))
     keep = np.flatnonzero(res.feasible)

@@ -127,6 +127,9 @@ class StepInputs:
     # bool per row: no CUDA graphs at all (vLLM --enforce-eager, TensorRT-LLM's early PyTorch
     # backend): every step, decode included, pays the eager-execution overhead; None = graphs on
     eager_decode: np.ndarray | None = None
+    # the scheduler looks for new requests every this many decode steps while a batch runs
+    # (SGLang --scheduler-recv-interval); None or 1 = every step
+    poll_steps: np.ndarray | None = None
     # speculative decoding (None = off): drafted tokens per step, per-token acceptance, and the
     # cost of drafting one token as a fraction of a plain decode step
     spec_k: np.ndarray | None = None
