@@ -97,13 +97,15 @@ def _ttft(s: StepInputs, n: np.ndarray, inp: np.ndarray, out: np.ndarray) -> np.
     return c * decode_step(s, dec, inp + out / 2.0, pre_tok, inp / 2.0, eager=1.0).total
 
 
-def _poll_wait(s: StepInputs, n: np.ndarray, st: StepTime) -> np.ndarray | float:
+def _poll_wait(s: StepInputs, st: StepTime, busy: np.ndarray | bool = True
+               ) -> np.ndarray | float:
     """Mean wait of a new request for the scheduler's next look at its queue: with a batch
-    running, SGLang's ``--scheduler-recv-interval R`` polls every R decode steps (at once after a
-    prompt step or when idle), so an arrival waits (R − 1) / 2 steps more than with R = 1."""
+    running (``busy``), SGLang's ``--scheduler-recv-interval R`` polls every R decode steps (at
+    once after a prompt step or when idle), so an arrival waits (R − 1) / 2 steps more than with
+    R = 1."""
     if s.poll_steps is None:
         return 0.0
-    return np.where(n > 1.0, 0.5 * (s.poll_steps - 1.0) * st.total, 0.0)
+    return np.where(busy, 0.5 * (s.poll_steps - 1.0) * st.total, 0.0)
 
 
 def closed_loop(s: StepInputs, concurrency: np.ndarray, inp: np.ndarray, out: np.ndarray
@@ -113,7 +115,7 @@ def closed_loop(s: StepInputs, concurrency: np.ndarray, inp: np.ndarray, out: np
     inp = np.asarray(inp, float)
     out = np.asarray(out, float)
     st = _decode(s, b, inp, out)
-    ttft = _ttft(s, b, inp, out) + _poll_wait(s, b, st)
+    ttft = _ttft(s, b, inp, out) + _poll_wait(s, st, busy=b > 1.0)
     dec = _decode_steps(s, out)
     rps = b / (ttft + dec * st.total)
     # A scheduler can always serve one request at a time: never below single stream.
@@ -162,7 +164,7 @@ def _open_at(c: _Ctx, n: np.ndarray) -> ServingPoint:
     n95 = np.minimum(c.bcap, n + Z95 * np.sqrt(n))
     st95 = _decode(s, np.maximum(n95, 1.0), inp, out)
     # an arrival also waits, on average, half of the step in progress
-    poll = _poll_wait(s, 2.0 * np.ones_like(n), st)
+    poll = _poll_wait(s, st)
     ttft_mean = ttft0 + 0.5 * st.total + poll + wq_slot + wq_pre
     ttft95 = (_ttft(s, np.maximum(n95, 1.0), inp, out) + st95.total + 2.0 * poll
               + LN20 * (wq_slot + wq_pre))
