@@ -708,6 +708,49 @@ def test_a_scheduler_that_polls_every_n_steps_delays_the_first_token_under_load(
         closed_loop(every, one, inp, out).ttft_mean[0])
 
 
+def test_delayed_batching_holds_new_prompts_until_the_window_closes():
+    """TensorRT-LLM's batch_wait_timeout_iters W holds a new prompt up to W steps; gathering
+    enough prompt tokens (ratio x max_num_tokens) ends the wait earlier. Alone, nothing waits."""
+    kw = dict(accelerator="b200", model="llama-3.1-8b", tp=1, pp=1, weight_dtype="bf16",
+              kv_dtype="bf16", context=2048, stack="trtllm-cuda")
+    off = resolve(CAT, **kw).s
+    cap = resolve(CAT, batch_wait=(40.0, np.inf), **kw).s
+    early = resolve(CAT, batch_wait=(40.0, 0.8 * 8192), **kw).s
+    inp, out = np.array([1024.0]), np.array([1024.0])
+    b = np.array([64.0])
+    p0, pc, pe = (closed_loop(s, b, inp, out) for s in (off, cap, early))
+    lam = 64.0 / (1.0 + 1023.0)  # prompts per step: b over the steps a request lives
+    m = lam * 40.0
+    assert pc.ttft_mean[0] - p0.ttft_mean[0] == pytest.approx(
+        40.0 * (1.0 + m / 2.0) / (1.0 + m) * p0.step.total[0])
+    # 7 prompts of 1,024 tokens reach 0.8 x 8,192 before 40 steps pass only if they come fast:
+    # here (2.5 per window) the cap binds, so both waits agree; at 512 users the tokens end it
+    assert pe.ttft_mean[0] == pytest.approx(pc.ttft_mean[0])
+    b512 = np.array([512.0])
+    assert (closed_loop(early, b512, inp, out).ttft_mean[0]
+            < closed_loop(cap, b512, inp, out).ttft_mean[0])
+    one = np.array([1.0])
+    assert closed_loop(cap, one, inp, out).ttft_mean[0] == pytest.approx(
+        closed_loop(off, one, inp, out).ttft_mean[0])
+
+
+def test_delayed_batching_is_read_from_the_notes():
+    from moatmeter.perf.observations import map_rows
+
+    base = {"id": "a", "source": "s", "accelerator": "NVIDIA B200 (HGX)", "count": "1",
+            "engine": "TensorRT-LLM", "backend": "CUDA", "engine_version": "1.3 PyTorch backend",
+            "kv_dtype": "", "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "bf16",
+            "scenario": "fixed_concurrency", "concurrency": "64", "input_len": "1024",
+            "output_len": "1024", "metric": "ttft_ms", "value": "500",
+            "notes": "batch_wait_timeout_iters 40, batch_wait_max_tokens_ratio 0.8; "
+                     "max_num_tokens 8192"}
+    rows = [base, {**base, "id": "b", "notes": "batch_wait_timeout_iters 20"},
+            {**base, "id": "c", "notes": ""}]
+    obs, _ = map_rows(CAT, rows)
+    assert [(o.batch_wait_iters, o.batch_wait_tokens) for o in obs] == [
+        (40.0, pytest.approx(6553.6)), (20.0, float("inf")), (0.0, 0.0)]
+
+
 def test_the_recv_interval_is_read_from_the_notes():
     from moatmeter.perf.observations import map_rows
 

@@ -99,6 +99,14 @@ def test_predict_recv_interval_delays_the_first_token(cli):
     one_line_error(cli(*PREDICT, "--recv-interval", "0"), "recv-interval", "positive integer")
 
 
+def test_predict_batch_wait_delays_the_first_token(cli):
+    plain, held = (json.loads(cli(*PREDICT, "--concurrency", "32", "--json", *extra).stdout)
+                   for extra in ([], ["--batch-wait-iters", "40", "--batch-wait-tokens", "6554"]))
+    assert held["ttft_s"] > plain["ttft_s"]
+    assert any("waits up to 40 steps" in n for n in held["notes"])
+    one_line_error(cli(*PREDICT, "--batch-wait-iters", "-1"), "batch-wait-iters")
+
+
 def test_predict_profile_tokens_shrink_the_kv_pool(cli):
     base = ["predict", "--accelerator", "h100-sxm", "--count", "8", "--tp", "8", "--stack",
             "vllm-cuda", "--model", "llama-3.1-405b", "--dtype", "fp8_mlp", "--input", "2048",

@@ -74,6 +74,12 @@ def predict_cmd(
     recv_interval: Annotated[int, typer.Option(
         "--recv-interval", help="The scheduler takes in new requests every N decode steps while "
         "a batch runs (SGLang --scheduler-recv-interval; 1 = every step).")] = 1,
+    batch_wait_iters: Annotated[int, typer.Option(
+        "--batch-wait-iters", help="TensorRT-LLM delayed batching: a new prompt waits up to N "
+        "engine steps (batch_wait_timeout_iters; 0 = off).")] = 0,
+    batch_wait_tokens: Annotated[float | None, typer.Option(
+        "--batch-wait-tokens", help="...or until this many prompt tokens have gathered "
+        "(batch_wait_max_tokens_ratio x max_num_tokens; default: the step cap alone).")] = None,
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -99,7 +105,8 @@ def predict_cmd(
                            dp_attention=dp_attention, profile_tokens=profile_tokens,
                            spec_tokens=spec_tokens, spec_accept=spec_accept,
                            spec_accept_len=spec_accept_len, spec_draft_cost=spec_draft_cost,
-                           eager=eager, recv_interval=recv_interval)
+                           eager=eager, recv_interval=recv_interval,
+                           batch_wait_iters=batch_wait_iters, batch_wait_tokens=batch_wait_tokens)
     if json_out:
         print_json(p.to_dict())
         return

@@ -205,7 +205,9 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                        profile_tokens: int | None = None, spec_tokens: int = 0,
                        spec_accept: float | None = None, spec_accept_len: float | None = None,
                        spec_draft_cost: float | None = None,
-                       eager: bool = False, recv_interval: int = 1) -> Prediction:
+                       eager: bool = False, recv_interval: int = 1,
+                       batch_wait_iters: int = 0,
+                       batch_wait_tokens: float | None = None) -> Prediction:
     """Predict one deployment (``count`` devices = ``count / (tp·pp)`` data-parallel replicas).
 
     ``dp_attention``: attention data-parallel inside the TP group (SGLang --enable-dp-attention,
@@ -227,6 +229,10 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
     ``recv_interval``: the scheduler takes in new requests every this many decode steps while a
     batch runs (SGLang ``--scheduler-recv-interval``): a new request waits (N − 1) / 2 steps more.
 
+    ``batch_wait_iters`` / ``batch_wait_tokens``: TensorRT-LLM's delayed batching
+    (``batch_wait_timeout_iters``; ``batch_wait_max_tokens_ratio`` x ``max_num_tokens``): a new
+    prompt waits up to that many steps, less once that many prompt tokens have gathered.
+
     Throughputs are for all ``count`` devices; the load (concurrency or Poisson rate) is split
     evenly across replicas; with neither it is offline maximum throughput.
     """
@@ -245,6 +251,12 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
     if not isinstance(recv_interval, int) or recv_interval < 1:
         raise InputError(f"recv interval must be a positive integer, got {recv_interval}",
                          field="recv-interval")
+    if not isinstance(batch_wait_iters, int) or batch_wait_iters < 0:
+        raise InputError(f"batch wait must be ≥ 0 steps, got {batch_wait_iters}",
+                         field="batch-wait-iters")
+    if batch_wait_tokens is not None and not (batch_wait_tokens > 0):
+        raise InputError(f"batch wait tokens must be > 0, got {batch_wait_tokens}",
+                         field="batch-wait-tokens")
     if profile_tokens is not None and not (profile_tokens >= 1):
         raise InputError(f"profile tokens must be ≥ 1, got {profile_tokens}",
                          field="profile-tokens")
@@ -278,7 +290,9 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                 dp_attention=np.array([bool(dp_attention)]),
                 profile_tokens=None if profile_tokens is None else np.array(
                     [float(profile_tokens)]), eager_decode=np.array([bool(eager)]),
-                poll_steps=np.array([float(recv_interval)]))
+                poll_steps=np.array([float(recv_interval)]),
+                batch_wait=(np.array([float(batch_wait_iters)]), np.array(
+                    [np.inf if batch_wait_tokens is None else float(batch_wait_tokens)])))
     if spec_tokens:
         r.s = r.s.with_speculation(spec_tokens, accept, spec_draft_cost)
         per = float(np.ravel(spec_tokens_per_step(r.s))[0])
@@ -296,6 +310,11 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
     if recv_interval > 1:
         pre_notes.append(f"scheduler takes new requests every {recv_interval} decode steps: "
                          f"{(recv_interval - 1) / 2:g} steps more to the first token under load")
+    if batch_wait_iters:
+        until = ("" if batch_wait_tokens is None
+                 else f" or until {batch_wait_tokens:,.0f} prompt tokens have gathered")
+        pre_notes.append(f"delayed batching: a new prompt waits up to {batch_wait_iters} "
+                         f"steps{until}")
     if eager:
         pre_notes.append("no CUDA graphs: every step, decode included, pays the eager-execution "
                          "overhead")

@@ -165,7 +165,8 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
             weight_dtype: Any, kv_dtype: Any, context: Any, max_batch: Any = None,
             calib: Calibration | None = None, dp_attention: Any = False,
             profile_tokens: Any = None, graph_prefill: Any = False,
-            eager_decode: Any = False, poll_steps: Any = 1.0) -> Resolved:
+            eager_decode: Any = False, poll_steps: Any = 1.0,
+            batch_wait: Any = None) -> Resolved:
     """Arrays (or scalars, broadcast) of ids and settings → ``Resolved``.
 
     ``dp_attention`` (bool per row): attention runs data-parallel across the TP group (SGLang
@@ -188,6 +189,10 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
 
     ``poll_steps`` (per row): the scheduler takes in new requests every this many decode steps
     while a batch runs (SGLang ``--scheduler-recv-interval``; 1 = every step).
+
+    ``batch_wait`` (None, or a pair of per-row arrays): TensorRT-LLM's delayed batching, the
+    steps a new prompt may wait (``batch_wait_timeout_iters``) and the prompt tokens that end the
+    wait early (``batch_wait_max_tokens_ratio`` x ``max_num_tokens``); 0 steps = off.
 
     ``model`` holds catalog model ids (or one ``ModelEntry``). Unknown ids raise ``CatalogError``.
     """
@@ -405,7 +410,11 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                    eager=np.where(np.broadcast_to(np.asarray(graph_prefill, bool), (n,)), 0.0,
                                   eager_u[st_i]),
                    eager_decode=np.broadcast_to(np.asarray(eager_decode, bool), (n,)).copy(),
-                   poll_steps=np.maximum(np.broadcast_to(np.asarray(poll_steps, float), (n,)), 1.0))
+                   poll_steps=np.maximum(np.broadcast_to(np.asarray(poll_steps, float), (n,)), 1.0),
+                   batch_wait_iters=None if batch_wait is None else np.broadcast_to(
+                       np.asarray(batch_wait[0], float), (n,)).copy(),
+                   batch_wait_tokens=None if batch_wait is None else np.broadcast_to(
+                       np.asarray(batch_wait[1], float), (n,)).copy())
     return Resolved(s=s, feasible=feasible, reason=list(reasons), devices=devices,
                     weights_per_device=w_dev, device_bytes=mem_gb * mem.GIB,
                     usable_per_device=usable, kv_pool=pool,

@@ -153,6 +153,8 @@ class Obs:
     graph_prefill: bool = False  # prompts run from a prebuilt engine too (TensorRT-LLM engines)
     eager_decode: bool = False  # no CUDA graphs at all (--enforce-eager, "CUDA graphs off")
     poll_steps: float = 1.0  # SGLang --scheduler-recv-interval: new requests taken every N steps
+    batch_wait_iters: float = 0.0  # TensorRT-LLM batch_wait_timeout_iters (0 = off)
+    batch_wait_tokens: float = 0.0  # batch_wait_max_tokens_ratio x max_num_tokens
     n_prompts: float = float("nan")  # prompts a closed-loop run sends in all (NaN: many)
     when: float = float("nan")  # measurement date as a decimal year (NaN: unknown)
     spec_k: float = 0.0  # speculative decoding: drafted tokens per step (0 = off)
@@ -176,6 +178,17 @@ MEASURED = re.compile(r"\bmeasured\s*=\s*(20\d\d)-(0[1-9]|1[0-2])\b")
 SOURCE_DATE = re.compile(r"\b(20[12]\d)-(0[1-9]|1[0-2])\b")
 
 
+def _batch_wait(text: str) -> dict[str, float]:
+    """TensorRT-LLM's delayed batching from the notes: the wait cap in steps and the prompt
+    tokens that end it early (ratio x max_num_tokens; with no ratio the cap alone binds)."""
+    mi = BATCH_WAIT_ITERS.search(text)
+    if not mi:
+        return {}
+    mr, mt = BATCH_WAIT_RATIO.search(text), MAX_NUM_TOKENS.search(text)
+    tokens = float(mr.group(1)) * float(mt.group(1)) if mr and mt else float("inf")
+    return {"batch_wait_iters": float(mi.group(1)), "batch_wait_tokens": tokens}
+
+
 def measured_when(source: str, notes: str) -> float:
     """Decimal year of the measurement (mid-month), NaN when neither notes nor source date it."""
     m = MEASURED.search(notes) or SOURCE_DATE.search(source)
@@ -190,6 +203,11 @@ NO_CUDA_GRAPHS = re.compile(r"--enforce[-_]eager|\benforce_eager\b|\bCUDA graphs
                             re.IGNORECASE)
 # SGLang's --scheduler-recv-interval N: while a batch decodes, new requests are taken every N steps
 RECV_INTERVAL = re.compile(r"scheduler[-_]recv[-_]interval\s*=?\s*(\d+)")
+# TensorRT-LLM's delayed batching as the notes state it: "batch_wait_timeout_iters 40",
+# "batch_wait_max_tokens_ratio 0.8" and the engine's "max_num_tokens 8192"
+BATCH_WAIT_ITERS = re.compile(r"batch_wait_timeout_iters\s*=?\s*(\d+)")
+BATCH_WAIT_RATIO = re.compile(r"batch_wait_max_tokens_ratio\s*=?\s*([\d.]+)")
+MAX_NUM_TOKENS = re.compile(r"max_num_tokens\s*=?\s*(\d+)")
 # speculative decoding as the notes state it: "spec_tokens=3" drafted tokens per step with either
 # "accept_len=2.82" (mean tokens per step, as engines print it) or "accept=0.77" (per token)
 SPEC_TOKENS = re.compile(r"\bspec_tokens\s*=\s*(\d+)")
@@ -438,6 +456,7 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                        n_prompts=_n_prompts(notes, conc),
                        poll_steps=float(mr_.group(1)) if (mr_ := RECV_INTERVAL.search(
                            f"{r.get('engine_version', '')} {notes}")) else 1.0,
+                       **_batch_wait(f"{r.get('engine_version', '')} {notes}"),
                        eager_decode=bool(NO_CUDA_GRAPHS.search(
                            f"{r.get('engine_version', '')} {notes}")),
                        graph_prefill=engine.lower() == "tensorrt-llm" and not re.search(
@@ -493,7 +512,9 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
                   profile_tokens=np.array([o.profile_tokens for o in obs], dtype=float),
                   graph_prefill=np.array([o.graph_prefill for o in obs], dtype=bool),
                   eager_decode=np.array([o.eager_decode for o in obs], dtype=bool),
-                  poll_steps=np.array([o.poll_steps for o in obs], dtype=float))
+                  poll_steps=np.array([o.poll_steps for o in obs], dtype=float),
+                  batch_wait=(np.array([o.batch_wait_iters for o in obs], dtype=float),
+                              np.array([o.batch_wait_tokens for o in obs], dtype=float)))
     res.s = res.s.with_speculation(np.array([o.spec_k for o in obs], dtype=float),
                                    np.array([o.spec_accept for o in obs], dtype=float))
     keep = np.flatnonzero(res.feasible)

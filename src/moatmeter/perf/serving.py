@@ -108,6 +108,27 @@ def _poll_wait(s: StepInputs, st: StepTime, busy: np.ndarray | bool = True
     return np.where(busy, 0.5 * (s.poll_steps - 1.0) * st.total, 0.0)
 
 
+def _batch_wait(s: StepInputs, b: np.ndarray, inp: np.ndarray, out: np.ndarray, st: StepTime
+                ) -> np.ndarray | float:
+    """Mean wait of a new prompt under TensorRT-LLM's delayed batching in a closed loop.
+
+    The first prompt to arrive opens a window of W steps; the window closes at W or once the
+    prompts gathered hold r x max_num_tokens tokens (k prompts). Prompts arrive at
+    λ = b / (steps a request lives) per step, so a window lasts W' = min(W, (k − 1) / λ) and
+    gathers 1 + λW' prompts: the first waits W', the others W'/2 on average. Alone (nothing
+    decoding) a prompt is not held."""
+    if s.batch_wait_iters is None or s.batch_wait_tokens is None:
+        return 0.0
+    w = s.batch_wait_iters
+    life = _chunks(inp) + _decode_steps(s, out)
+    lam = b / np.maximum(life, 1.0)
+    k = np.maximum(np.ceil(s.batch_wait_tokens / np.maximum(inp, 1.0)), 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w_eff = np.where(lam > 0, np.minimum(w, (k - 1.0) / lam), w)
+    m = lam * w_eff
+    return np.where((w > 0) & (b > 1.0), w_eff * (1.0 + 0.5 * m) / (1.0 + m) * st.total, 0.0)
+
+
 def closed_loop(s: StepInputs, concurrency: np.ndarray, inp: np.ndarray, out: np.ndarray
                 ) -> ServingPoint:
     """Fixed concurrency B (B ≥ 1 requests always in flight)."""
@@ -115,7 +136,8 @@ def closed_loop(s: StepInputs, concurrency: np.ndarray, inp: np.ndarray, out: np
     inp = np.asarray(inp, float)
     out = np.asarray(out, float)
     st = _decode(s, b, inp, out)
-    ttft = _ttft(s, b, inp, out) + _poll_wait(s, st, busy=b > 1.0)
+    ttft = (_ttft(s, b, inp, out) + _poll_wait(s, st, busy=b > 1.0)
+            + _batch_wait(s, b, inp, out, st))
     dec = _decode_steps(s, out)
     rps = b / (ttft + dec * st.total)
     # A scheduler can always serve one request at a time: never below single stream.

@@ -130,6 +130,11 @@ class StepInputs:
     # the scheduler looks for new requests every this many decode steps while a batch runs
     # (SGLang --scheduler-recv-interval); None or 1 = every step
     poll_steps: np.ndarray | None = None
+    # TensorRT-LLM's delayed batching (batch_wait_timeout_iters W, batch_wait_max_tokens_ratio r):
+    # a new prompt waits up to W steps until r x max_num_tokens prompt tokens have gathered;
+    # None = off. batch_wait_tokens holds r x max_num_tokens.
+    batch_wait_iters: np.ndarray | None = None
+    batch_wait_tokens: np.ndarray | None = None
     # speculative decoding (None = off): drafted tokens per step, per-token acceptance, and the
     # cost of drafting one token as a fraction of a plain decode step
     spec_k: np.ndarray | None = None
