@@ -732,6 +732,10 @@ def test_delayed_batching_holds_new_prompts_until_the_window_closes():
     one = np.array([1.0])
     assert closed_loop(cap, one, inp, out).ttft_mean[0] == pytest.approx(
         closed_loop(off, one, inp, out).ttft_mean[0])
+    # Poisson arrivals are held the same way
+    rate, bcap = np.array([2.0]), np.array([256.0])
+    assert (open_loop(cap, rate, inp, out, bcap).ttft_mean[0]
+            > open_loop(off, rate, inp, out, bcap).ttft_mean[0])
 
 
 def test_delayed_batching_is_read_from_the_notes():

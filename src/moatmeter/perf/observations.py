@@ -178,7 +178,7 @@ MEASURED = re.compile(r"\bmeasured\s*=\s*(20\d\d)-(0[1-9]|1[0-2])\b")
 SOURCE_DATE = re.compile(r"\b(20[12]\d)-(0[1-9]|1[0-2])\b")
 
 
-def _batch_wait(text: str) -> dict[str, float]:
+def _batch_wait_notes(text: str) -> dict[str, float]:
     """TensorRT-LLM's delayed batching from the notes: the wait cap in steps and the prompt
     tokens that end it early (ratio x max_num_tokens; with no ratio the cap alone binds)."""
     mi = BATCH_WAIT_ITERS.search(text)
@@ -456,7 +456,7 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                        n_prompts=_n_prompts(notes, conc),
                        poll_steps=float(mr_.group(1)) if (mr_ := RECV_INTERVAL.search(
                            f"{r.get('engine_version', '')} {notes}")) else 1.0,
-                       **_batch_wait(f"{r.get('engine_version', '')} {notes}"),
+                       **_batch_wait_notes(f"{r.get('engine_version', '')} {notes}"),
                        eager_decode=bool(NO_CUDA_GRAPHS.search(
                            f"{r.get('engine_version', '')} {notes}")),
                        graph_prefill=engine.lower() == "tensorrt-llm" and not re.search(

@@ -108,25 +108,22 @@ def _poll_wait(s: StepInputs, st: StepTime, busy: np.ndarray | bool = True
     return np.where(busy, 0.5 * (s.poll_steps - 1.0) * st.total, 0.0)
 
 
-def _batch_wait(s: StepInputs, b: np.ndarray, inp: np.ndarray, out: np.ndarray, st: StepTime
-                ) -> np.ndarray | float:
-    """Mean wait of a new prompt under TensorRT-LLM's delayed batching in a closed loop.
+def _batch_wait(s: StepInputs, lam: np.ndarray, inp: np.ndarray, st: StepTime,
+                busy: np.ndarray | bool = True) -> np.ndarray | float:
+    """Mean wait of a new prompt under TensorRT-LLM's delayed batching.
 
     The first prompt to arrive opens a window of W steps; the window closes at W or once the
-    prompts gathered hold r x max_num_tokens tokens (k prompts). Prompts arrive at
-    λ = b / (steps a request lives) per step, so a window lasts W' = min(W, (k − 1) / λ) and
-    gathers 1 + λW' prompts: the first waits W', the others W'/2 on average. Alone (nothing
-    decoding) a prompt is not held."""
+    prompts gathered hold r x max_num_tokens tokens (k prompts). With ``lam`` prompts arriving
+    per step a window lasts W' = min(W, (k − 1) / lam) and gathers 1 + lam W' prompts: the first
+    waits W', the others W'/2 on average. With nothing decoding (not ``busy``) no prompt is held."""
     if s.batch_wait_iters is None or s.batch_wait_tokens is None:
         return 0.0
     w = s.batch_wait_iters
-    life = _chunks(inp) + _decode_steps(s, out)
-    lam = b / np.maximum(life, 1.0)
     k = np.maximum(np.ceil(s.batch_wait_tokens / np.maximum(inp, 1.0)), 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         w_eff = np.where(lam > 0, np.minimum(w, (k - 1.0) / lam), w)
     m = lam * w_eff
-    return np.where((w > 0) & (b > 1.0), w_eff * (1.0 + 0.5 * m) / (1.0 + m) * st.total, 0.0)
+    return np.where((w > 0) & busy, w_eff * (1.0 + 0.5 * m) / (1.0 + m) * st.total, 0.0)
 
 
 def closed_loop(s: StepInputs, concurrency: np.ndarray, inp: np.ndarray, out: np.ndarray
@@ -136,8 +133,10 @@ def closed_loop(s: StepInputs, concurrency: np.ndarray, inp: np.ndarray, out: np
     inp = np.asarray(inp, float)
     out = np.asarray(out, float)
     st = _decode(s, b, inp, out)
+    # in a closed loop each of the b slots sends a new prompt once per request lifetime
+    per_step = b / np.maximum(_chunks(inp) + _decode_steps(s, out), 1.0)
     ttft = (_ttft(s, b, inp, out) + _poll_wait(s, st, busy=b > 1.0)
-            + _batch_wait(s, b, inp, out, st))
+            + _batch_wait(s, per_step, inp, st, busy=b > 1.0))
     dec = _decode_steps(s, out)
     rps = b / (ttft + dec * st.total)
     # A scheduler can always serve one request at a time: never below single stream.
@@ -186,9 +185,9 @@ def _open_at(c: _Ctx, n: np.ndarray) -> ServingPoint:
     n95 = np.minimum(c.bcap, n + Z95 * np.sqrt(n))
     st95 = _decode(s, np.maximum(n95, 1.0), inp, out)
     # an arrival also waits, on average, half of the step in progress
-    poll = _poll_wait(s, st)
-    ttft_mean = ttft0 + 0.5 * st.total + poll + wq_slot + wq_pre
-    ttft95 = (_ttft(s, np.maximum(n95, 1.0), inp, out) + st95.total + 2.0 * poll
+    hold = _poll_wait(s, st) + _batch_wait(s, lam * st.total, inp, st)
+    ttft_mean = ttft0 + 0.5 * st.total + hold + wq_slot + wq_pre
+    ttft95 = (_ttft(s, np.maximum(n95, 1.0), inp, out) + st95.total + 2.0 * hold
               + LN20 * (wq_slot + wq_pre))
     per = spec_tokens(s)
     return ServingPoint(concurrency=n, rate_rps=lam, ttft_mean=ttft_mean, ttft_p95=ttft95,
