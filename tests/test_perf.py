@@ -675,16 +675,21 @@ def test_without_cuda_graphs_every_step_runs_eagerly():
     assert decode_step(e, b, ctx).total[0] > decode_step(g, b, ctx).total[0]
 
 
+def _row(**over: str) -> dict[str, str]:
+    """One observation row (8B on one H100, vLLM, closed loop) with fields overridden."""
+    row = {"id": "a", "source": "s", "accelerator": "NVIDIA H100 SXM5 80GB", "count": "1",
+           "engine": "vLLM", "backend": "CUDA", "engine_version": "", "kv_dtype": "",
+           "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "bf16",
+           "scenario": "fixed_concurrency", "concurrency": "8", "input_len": "1024",
+           "output_len": "256", "metric": "output_tokens_per_s", "value": "500", "notes": ""}
+    return {**row, **over}
+
+
 def test_notes_that_say_cuda_graphs_are_off_make_decode_eager():
     from moatmeter.perf.observations import map_rows
 
-    base = {"id": "a", "source": "s", "accelerator": "NVIDIA H100 SXM5 80GB", "count": "1",
-            "engine": "vLLM", "backend": "CUDA", "engine_version": "0.6.3 --enforce-eager",
-            "kv_dtype": "", "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "bf16",
-            "scenario": "fixed_concurrency", "concurrency": "8", "input_len": "1024",
-            "output_len": "256", "metric": "output_tokens_per_s", "value": "500", "notes": ""}
-    rows = [base, {**base, "id": "b", "engine_version": "0.6.3"},
-            {**base, "id": "c", "engine_version": "", "notes": "CUDA graphs off (defaults)"}]
+    rows = [_row(engine_version="0.6.3 --enforce-eager"), _row(id="b", engine_version="0.6.3"),
+            _row(id="c", notes="CUDA graphs off (defaults)")]
     obs, _ = map_rows(CAT, rows)
     assert [o.eager_decode for o in obs] == [True, False, True]
 
@@ -741,15 +746,12 @@ def test_delayed_batching_holds_new_prompts_until_the_window_closes():
 def test_delayed_batching_is_read_from_the_notes():
     from moatmeter.perf.observations import map_rows
 
-    base = {"id": "a", "source": "s", "accelerator": "NVIDIA B200 (HGX)", "count": "1",
-            "engine": "TensorRT-LLM", "backend": "CUDA", "engine_version": "1.3 PyTorch backend",
-            "kv_dtype": "", "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "bf16",
-            "scenario": "fixed_concurrency", "concurrency": "64", "input_len": "1024",
-            "output_len": "1024", "metric": "ttft_ms", "value": "500",
-            "notes": "batch_wait_timeout_iters 40, batch_wait_max_tokens_ratio 0.8; "
-                     "max_num_tokens 8192"}
-    rows = [base, {**base, "id": "b", "notes": "batch_wait_timeout_iters 20"},
-            {**base, "id": "c", "notes": ""}]
+    trt = dict(accelerator="NVIDIA B200 (HGX)", engine="TensorRT-LLM",
+               engine_version="1.3 PyTorch backend", concurrency="64", output_len="1024",
+               metric="ttft_ms")
+    rows = [_row(notes="batch_wait_timeout_iters 40, batch_wait_max_tokens_ratio 0.8; "
+                       "max_num_tokens 8192", **trt),
+            _row(id="b", notes="batch_wait_timeout_iters 20", **trt), _row(id="c", **trt)]
     obs, _ = map_rows(CAT, rows)
     assert [(o.batch_wait_iters, o.batch_wait_tokens) for o in obs] == [
         (40.0, pytest.approx(6553.6)), (20.0, float("inf")), (0.0, 0.0)]
@@ -758,13 +760,9 @@ def test_delayed_batching_is_read_from_the_notes():
 def test_the_recv_interval_is_read_from_the_notes():
     from moatmeter.perf.observations import map_rows
 
-    base = {"id": "a", "source": "s", "accelerator": "NVIDIA H100 SXM5 80GB", "count": "1",
-            "engine": "SGLang", "backend": "CUDA", "engine_version": "0.5.12",
-            "kv_dtype": "", "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "bf16",
-            "scenario": "fixed_concurrency", "concurrency": "8", "input_len": "1024",
-            "output_len": "256", "metric": "ttft_ms", "value": "50",
-            "notes": "server flags: --scheduler-recv-interval 30"}
-    obs, _ = map_rows(CAT, [base, {**base, "id": "b", "notes": ""}])
+    sgl = dict(engine="SGLang", engine_version="0.5.12", metric="ttft_ms", value="50")
+    obs, _ = map_rows(CAT, [_row(notes="server flags: --scheduler-recv-interval 30", **sgl),
+                            _row(id="b", **sgl)])
     assert [o.poll_steps for o in obs] == [30.0, 1.0]
 
 

@@ -133,11 +133,12 @@ def closed_loop(s: StepInputs, concurrency: np.ndarray, inp: np.ndarray, out: np
     inp = np.asarray(inp, float)
     out = np.asarray(out, float)
     st = _decode(s, b, inp, out)
-    # in a closed loop each of the b slots sends a new prompt once per request lifetime
-    per_step = b / np.maximum(_chunks(inp) + _decode_steps(s, out), 1.0)
-    ttft = (_ttft(s, b, inp, out) + _poll_wait(s, st, busy=b > 1.0)
-            + _batch_wait(s, per_step, inp, st, busy=b > 1.0))
     dec = _decode_steps(s, out)
+    ttft = _ttft(s, b, inp, out) + _poll_wait(s, st, busy=b > 1.0)
+    if s.batch_wait_iters is not None:
+        # in a closed loop each of the b slots sends a new prompt once per request lifetime
+        per_step = b / np.maximum(_chunks(inp) + dec, 1.0)
+        ttft = ttft + _batch_wait(s, per_step, inp, st, busy=b > 1.0)
     rps = b / (ttft + dec * st.total)
     # A scheduler can always serve one request at a time: never below single stream.
     one = np.ones_like(b)
