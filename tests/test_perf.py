@@ -29,6 +29,8 @@ from moatmeter.perf.step import CHUNK_TOKENS as CHUNK
 from moatmeter.perf.step import (
     EAGER_DECODE,
     EAGER_PREFILL,
+    OVERLAP_LAG,
+    SCHED_LAG,
     StepInputs,
     decode_step,
     experts_touched,
@@ -653,7 +655,7 @@ def test_prompt_steps_run_eagerly_only_in_python_driven_engines():
                                                                  "weight_dtype": "bf16"}).s
     e = resolve(CAT, stack="vllm-cuda", **{**kw, "accelerator": "h100-sxm",
                                            "weight_dtype": "bf16"}).s
-    one = np.array([4.0])
+    one = np.array([1.0])  # alone: no other request's steps in the way
     t_e = closed_loop(e, one, np.array([1024.0]), np.array([256.0])).ttft_mean[0]
     t_g = closed_loop(g, one, np.array([1024.0]), np.array([256.0])).ttft_mean[0]
     assert t_e - t_g == pytest.approx(EAGER_PREFILL * e.k["ov"][0], rel=1e-6)
@@ -711,6 +713,61 @@ def test_a_scheduler_that_polls_every_n_steps_delays_the_first_token_under_load(
     one = np.array([1.0])
     assert closed_loop(ten, one, inp, out).ttft_mean[0] == pytest.approx(
         closed_loop(every, one, inp, out).ttft_mean[0])
+
+
+def test_a_new_request_waits_for_the_running_step_and_one_more_under_overlap():
+    """In a closed loop the next request reaches an engine already running its next step: it
+    waits SCHED_LAG steps, OVERLAP_LAG more under an overlap scheduler (step k + 1 is planned
+    while step k runs). Alone it waits for nothing; a Poisson arrival lands mid-step."""
+    from moatmeter.perf.serving import _decode, _ttft
+
+    kw = dict(accelerator="h100-sxm", model="llama-3.1-8b", tp=1, pp=1, weight_dtype="bf16",
+              kv_dtype="bf16", context=2048, stack="vllm-cuda")
+    plain = resolve(CAT, overlap=False, **kw).s
+    ovl = resolve(CAT, overlap=True, **kw).s
+    assert SCHED_LAG > 0 and OVERLAP_LAG > 0
+    inp, out = np.array([1024.0]), np.array([256.0])
+    for b in (np.array([8.0]), np.array([64.0])):
+        p0, p1 = closed_loop(plain, b, inp, out), closed_loop(ovl, b, inp, out)
+        step = _decode(plain, b, inp, out).total[0]
+        assert p0.ttft_mean[0] == pytest.approx(_ttft(plain, b, inp, out)[0] + SCHED_LAG * step)
+        assert p1.ttft_mean[0] - p0.ttft_mean[0] == pytest.approx(OVERLAP_LAG * step)
+        assert p1.tpot_mean[0] == pytest.approx(p0.tpot_mean[0])
+        assert p1.rate_rps[0] < p0.rate_rps[0]  # the slot idles while its prompt waits
+    one = np.array([1.0])
+    assert closed_loop(ovl, one, inp, out).ttft_mean[0] == pytest.approx(
+        _ttft(plain, one, inp, out)[0])
+    rate, bcap = np.array([5.0]), np.array([256.0])
+    q0, q1 = open_loop(plain, rate, inp, out, bcap), open_loop(ovl, rate, inp, out, bcap)
+    assert q1.ttft_mean[0] - q0.ttft_mean[0] == pytest.approx(OVERLAP_LAG * q0.step.total[0],
+                                                              rel=1e-3)
+    # by default the engine's current release decides: vLLM, SGLang, TensorRT-LLM overlap
+    assert resolve(CAT, **kw).s.overlap[0]
+    assert not resolve(CAT, **{**kw, "stack": "tgi-cuda"}).s.overlap[0]
+
+
+@pytest.mark.parametrize(("engine", "version", "notes", "when", "want"), [
+    ("SGLang", "0.3.0, --disable-radix-cache", "", 2024.7, False),
+    ("SGLang", "SGLang v0.5.12 (lmsysorg/sglang:v0.5.12-cu130)", "", 2026.3, True),
+    ("SGLang", "v0.5.7, --disable-overlap-schedule", "", 2026.0, False),
+    ("vLLM", "v0.5.4 (per benchmark_v0.md)", "", 2024.6, False),
+    ("vLLM", "v0.10.2, --async-scheduling -tp 2", "", 2025.8, True),
+    ("vLLM", "v0.11.0, vllm serve defaults", "", 2025.9, False),
+    ("vLLM", "vLLM v0.15.1 (vllm/vllm-openai:v0.15.1)", "", 2026.2, True),
+    ("vLLM", "not stated", "", 2025.5, False),
+    ("vLLM", "main built from source", "", 2026.4, True),
+    ("TensorRT-LLM", "TensorRT-LLM 1.3.0rc14", "", 2026.3, True),
+    ("TensorRT-LLM", "0.17.post1.dev, PyTorch backend", "", 2025.2, False),
+    ("TGI", "3.0", "", 2025.5, False),
+])
+def test_the_overlap_scheduler_is_read_from_the_version(engine, version, notes, when, want):
+    from moatmeter.perf.observations import overlap_scheduler
+
+    assert overlap_scheduler(engine, version, notes, graph_prefill=False, eager_decode=False,
+                             when=when) is want
+    if engine == "TensorRT-LLM":  # a TensorRT engine build runs the older runtime: no overlap
+        assert not overlap_scheduler(engine, version, notes, graph_prefill=True,
+                                     eager_decode=False, when=when)
 
 
 def test_delayed_batching_holds_new_prompts_until_the_window_closes():

@@ -99,6 +99,18 @@ def test_predict_recv_interval_delays_the_first_token(cli):
     one_line_error(cli(*PREDICT, "--recv-interval", "0"), "recv-interval", "positive integer")
 
 
+def test_predict_overlap_scheduler_delays_the_first_token_under_load(cli):
+    on, off = (json.loads(cli(*PREDICT, "--concurrency", "32", "--json", *extra).stdout)
+               for extra in ([], ["--no-overlap-scheduler"]))
+    assert on["ttft_s"] > off["ttft_s"]
+    assert on["tpot_s"] == pytest.approx(off["tpot_s"])
+    assert any("overlap scheduler" in n for n in on["notes"])
+    assert not any("overlap scheduler" in n for n in off["notes"])
+    alone = [json.loads(cli(*PREDICT, "--concurrency", "1", "--json", *extra).stdout)["ttft_s"]
+             for extra in ([], ["--no-overlap-scheduler"])]
+    assert alone[0] == pytest.approx(alone[1])
+
+
 def test_predict_batch_wait_delays_the_first_token(cli):
     plain, held = (json.loads(cli(*PREDICT, "--concurrency", "32", "--json", *extra).stdout)
                    for extra in ([], ["--batch-wait-iters", "40", "--batch-wait-tokens", "6554"]))

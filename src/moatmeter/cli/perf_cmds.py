@@ -80,6 +80,11 @@ def predict_cmd(
     batch_wait_tokens: Annotated[float | None, typer.Option(
         "--batch-wait-tokens", help="...or until this many prompt tokens have gathered "
         "(batch_wait_max_tokens_ratio x max_num_tokens; default: the step cap alone).")] = None,
+    overlap: Annotated[bool | None, typer.Option(
+        "--overlap-scheduler/--no-overlap-scheduler", help="The engine plans the next step while "
+        "one runs (SGLang's overlap scheduler, TensorRT-LLM's PyTorch backend, vLLM "
+        "--async-scheduling): under load a new prompt's first token comes two steps later. "
+        "Default: the engine's current default (on for those three).", show_default=False)] = None,
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -106,7 +111,8 @@ def predict_cmd(
                            spec_tokens=spec_tokens, spec_accept=spec_accept,
                            spec_accept_len=spec_accept_len, spec_draft_cost=spec_draft_cost,
                            eager=eager, recv_interval=recv_interval,
-                           batch_wait_iters=batch_wait_iters, batch_wait_tokens=batch_wait_tokens)
+                           batch_wait_iters=batch_wait_iters, batch_wait_tokens=batch_wait_tokens,
+                           overlap=overlap)
     if json_out:
         print_json(p.to_dict())
         return

@@ -21,7 +21,7 @@ from moatmeter.perf.calibrate import Calibration
 from moatmeter.perf.deploy import Resolved, resolve
 from moatmeter.perf.serving import ServingPoint, closed_loop, goodput, open_loop
 from moatmeter.perf.speculative import speculation
-from moatmeter.perf.step import StepTime
+from moatmeter.perf.step import OVERLAP_LAG, StepTime
 from moatmeter.perf.step import spec_tokens as spec_tokens_per_step
 from moatmeter.perf.types import SLO, DeploymentGrid, GridResult, Workload
 
@@ -207,7 +207,8 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                        spec_draft_cost: float | None = None,
                        eager: bool = False, recv_interval: int = 1,
                        batch_wait_iters: int = 0,
-                       batch_wait_tokens: float | None = None) -> Prediction:
+                       batch_wait_tokens: float | None = None,
+                       overlap: bool | None = None) -> Prediction:
     """Predict one deployment (``count`` devices = ``count / (tp·pp)`` data-parallel replicas).
 
     ``dp_attention``: attention data-parallel inside the TP group (SGLang --enable-dp-attention,
@@ -232,6 +233,11 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
     ``batch_wait_iters`` / ``batch_wait_tokens``: TensorRT-LLM's delayed batching
     (``batch_wait_timeout_iters``; ``batch_wait_max_tokens_ratio`` x ``max_num_tokens``): a new
     prompt waits up to that many steps, less once that many prompt tokens have gathered.
+
+    ``overlap``: the engine schedules with overlap (SGLang's overlap scheduler, TensorRT-LLM's
+    PyTorch backend, vLLM's async scheduling), so under load a new prompt's first token comes
+    ``step.OVERLAP_LAG`` decode steps later; None = the engine's current default (on for those
+    three).
 
     Throughputs are for all ``count`` devices; the load (concurrency or Poisson rate) is split
     evenly across replicas; with neither it is offline maximum throughput.
@@ -292,7 +298,8 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                     [float(profile_tokens)]), eager_decode=np.array([bool(eager)]),
                 poll_steps=np.array([float(recv_interval)]),
                 batch_wait=(np.array([float(batch_wait_iters)]), np.array(
-                    [np.inf if batch_wait_tokens is None else float(batch_wait_tokens)])))
+                    [np.inf if batch_wait_tokens is None else float(batch_wait_tokens)])),
+                overlap=None if overlap is None else np.array([bool(overlap)]))
     if spec_tokens:
         r.s = r.s.with_speculation(spec_tokens, accept, spec_draft_cost)
         per = float(np.ravel(spec_tokens_per_step(r.s))[0])
@@ -315,6 +322,10 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
                  else f" or until {batch_wait_tokens:,.0f} prompt tokens have gathered")
         pre_notes.append(f"delayed batching: a new prompt waits up to {batch_wait_iters} "
                          f"steps{until}")
+    if r.s.overlap is not None and bool(r.s.overlap[0]):
+        pre_notes.append(f"overlap scheduler: under load a new prompt's first token comes "
+                         f"{OVERLAP_LAG:g} decode steps later (it misses the step planned "
+                         "ahead, and tokens come out a step late)")
     if eager:
         pre_notes.append("no CUDA graphs: every step, decode included, pays the eager-execution "
                          "overhead")

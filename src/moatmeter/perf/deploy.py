@@ -66,6 +66,11 @@ DEFAULT_MAX_BATCH = 256  # vLLM's default max_num_seqs
 # engines replay HPU graphs per prompt bucket; CPU and XPU backends run every step alike.
 EAGER_ENGINES = ("vllm", "sglang", "tgi", "tensorrt-llm")
 EAGER_BACKENDS = ("cuda", "rocm")
+# Engines whose current releases schedule with overlap by default (``step.OVERLAP_LAG``): SGLang's
+# overlap scheduler (default since 0.4, 2024-12), TensorRT-LLM's PyTorch backend (overlap default
+# since 0.19, 2025-05; its TensorRT engine runtime does not overlap), vLLM's async scheduling
+# (default since about 0.13, vLLM PR #27614, 2025-12).
+OVERLAP_ENGINES = ("sglang", "tensorrt-llm", "vllm")
 ENGINE_RESERVE = {"llama.cpp": (0.02, 0.5), "ollama": (0.02, 0.5), "tensorrt-llm": (0.05, 1.0)}
 # Concurrent sequences a stack can batch when continuous batching is only partial: Ollama's
 # OLLAMA_NUM_PARALLEL defaults to 4 (or 1) slots (Ollama FAQ); without it, one at a time.
@@ -166,7 +171,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
             calib: Calibration | None = None, dp_attention: Any = False,
             profile_tokens: Any = None, graph_prefill: Any = False,
             eager_decode: Any = False, poll_steps: Any = 1.0,
-            batch_wait: Any = None) -> Resolved:
+            batch_wait: Any = None, overlap: Any = None) -> Resolved:
     """Arrays (or scalars, broadcast) of ids and settings → ``Resolved``.
 
     ``dp_attention`` (bool per row): attention runs data-parallel across the TP group (SGLang
@@ -193,6 +198,10 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     ``batch_wait`` (None, or a pair of per-row arrays): TensorRT-LLM's delayed batching, the
     steps a new prompt may wait (``batch_wait_timeout_iters``) and the prompt tokens that end the
     wait early (``batch_wait_max_tokens_ratio`` x ``max_num_tokens``); 0 steps = off.
+
+    ``overlap`` (bool per row, None = the engine's current default, ``OVERLAP_ENGINES``): an
+    overlap (async) scheduler plans step k + 1 while step k runs, so a new prompt waits one step
+    more for its first token (``step.OVERLAP_LAG``).
 
     ``model`` holds catalog model ids (or one ``ModelEntry``). Unknown ids raise ``CatalogError``.
     """
@@ -330,6 +339,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     m = (reasons == "") & (why != "")
     reasons[m] = why[m]
 
+    ovl_u = np.array([s.engine.lower() in OVERLAP_ENGINES for s in stacks], dtype=bool)
     eager_u = np.array([EAGER_PREFILL if s.engine.lower() in EAGER_ENGINES
                         and s.backend.lower() in EAGER_BACKENDS else 0.0 for s in stacks])
 
@@ -414,7 +424,9 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                    batch_wait_iters=None if batch_wait is None else np.broadcast_to(
                        np.asarray(batch_wait[0], float), (n,)).copy(),
                    batch_wait_tokens=None if batch_wait is None else np.broadcast_to(
-                       np.asarray(batch_wait[1], float), (n,)).copy())
+                       np.asarray(batch_wait[1], float), (n,)).copy(),
+                   overlap=ovl_u[st_i] if overlap is None
+                   else np.broadcast_to(np.asarray(overlap, bool), (n,)).copy())
     return Resolved(s=s, feasible=feasible, reason=list(reasons), devices=devices,
                     weights_per_device=w_dev, device_bytes=mem_gb * mem.GIB,
                     usable_per_device=usable, kv_pool=pool,

@@ -155,6 +155,7 @@ class Obs:
     poll_steps: float = 1.0  # SGLang --scheduler-recv-interval: new requests taken every N steps
     batch_wait_iters: float = 0.0  # TensorRT-LLM batch_wait_timeout_iters (0 = off)
     batch_wait_tokens: float = 0.0  # batch_wait_max_tokens_ratio x max_num_tokens
+    overlap: bool = False  # an overlap (async) scheduler: tokens come one step late
     n_prompts: float = float("nan")  # prompts a closed-loop run sends in all (NaN: many)
     when: float = float("nan")  # measurement date as a decimal year (NaN: unknown)
     spec_k: float = 0.0  # speculative decoding: drafted tokens per step (0 = off)
@@ -187,6 +188,37 @@ def _batch_wait_notes(text: str) -> dict[str, float]:
     mr, mt = BATCH_WAIT_RATIO.search(text), MAX_NUM_TOKENS.search(text)
     tokens = float(mr.group(1)) * float(mt.group(1)) if mr and mt else float("inf")
     return {"batch_wait_iters": float(mi.group(1)), "batch_wait_tokens": tokens}
+
+
+# vLLM's --async-scheduling (or async_scheduling: true), stated in the version or the notes
+ASYNC_SCHEDULING = re.compile(r"async[-_]scheduling(?!\s*[:=]?\s*(?:false|off|0)\b)", re.IGNORECASE)
+DISABLE_OVERLAP = re.compile(r"disable[-_]overlap", re.IGNORECASE)
+VERSION = re.compile(r"(?<![\w.])v?(\d+)\.(\d+)")
+
+
+def overlap_scheduler(engine: str, version: str, notes: str, graph_prefill: bool,
+                      eager_decode: bool, when: float = float("nan")) -> bool:
+    """Whether a row's engine ran an overlap (async) scheduler (``step.OVERLAP_LAG``): SGLang
+    from 0.4, TensorRT-LLM's PyTorch backend from 0.19 with CUDA graphs on, vLLM from 0.13 or
+    with ``--async-scheduling``; off where the text says it was disabled. A row that names no
+    version runs the default of its date (``when``, decimal year; unknown: the current default,
+    ``deploy.OVERLAP_ENGINES``)."""
+    text = f"{version} {notes}"
+    if DISABLE_OVERLAP.search(text):
+        return False
+    e = engine.lower()
+    mv = VERSION.search(version)
+    ver = (int(mv.group(1)), int(mv.group(2))) if mv else None
+    recent = ver is None and not when < 2026.0
+    if e == "vllm":
+        return bool(ASYNC_SCHEDULING.search(text)) or recent or (ver is not None
+                                                                  and ver >= (0, 13))
+    if e == "sglang":
+        return (ver is None and not when < 2025.0) or (ver is not None and ver >= (0, 4))
+    if e == "tensorrt-llm":
+        return not graph_prefill and not eager_decode and (
+            (ver is None and not when < 2025.4) or (ver is not None and ver >= (0, 19)))
+    return False
 
 
 def measured_when(source: str, notes: str) -> float:
@@ -427,6 +459,11 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                 skip(rid, f"speculative decoding in the notes: {e}")
                 continue
         ttft_slo, tpot_slo = _slo(notes)
+        version = r.get("engine_version", "")
+        eager_dec = bool(NO_CUDA_GRAPHS.search(f"{version} {notes}"))
+        graph_pre = engine.lower() == "tensorrt-llm" and not re.search(
+            "pytorch", f"{version} {notes}", re.IGNORECASE)
+        when = measured_when(r["source"], notes)
         mr = re.search(r"\brate\s*=?\s*([\d.]+)\s*req/s", notes)
         rate = float(mr.group(1)) if mr and scen == "server" else float("nan")
         mb = re.search(r"\b(?:max_tokens|longest_output)\s*=\s*(\d+)", notes)
@@ -451,16 +488,15 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                            f"{r.get('engine_version', '')} {r.get('notes', '')}")),
                        profile_tokens=float(mp.group(1)) if (
                            mp := PROFILE_TOKENS.search(notes)) else float("nan"),
-                       when=measured_when(r["source"], notes),
+                       when=when,
                        spec_k=spec_k, spec_accept=spec_a,
                        n_prompts=_n_prompts(notes, conc),
                        poll_steps=float(mr_.group(1)) if (mr_ := RECV_INTERVAL.search(
                            f"{r.get('engine_version', '')} {notes}")) else 1.0,
                        **_batch_wait_notes(f"{r.get('engine_version', '')} {notes}"),
-                       eager_decode=bool(NO_CUDA_GRAPHS.search(
-                           f"{r.get('engine_version', '')} {notes}")),
-                       graph_prefill=engine.lower() == "tensorrt-llm" and not re.search(
-                           "pytorch", f"{r.get('engine_version', '')} {notes}", re.IGNORECASE)))
+                       eager_decode=eager_dec, graph_prefill=graph_pre,
+                       overlap=overlap_scheduler(engine, version, notes, graph_pre, eager_dec,
+                                                 when)))
     return out, skipped
 
 
@@ -514,7 +550,8 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
                   eager_decode=np.array([o.eager_decode for o in obs], dtype=bool),
                   poll_steps=np.array([o.poll_steps for o in obs], dtype=float),
                   batch_wait=(np.array([o.batch_wait_iters for o in obs], dtype=float),
-                              np.array([o.batch_wait_tokens for o in obs], dtype=float)))
+                              np.array([o.batch_wait_tokens for o in obs], dtype=float)),
+                  overlap=np.array([o.overlap for o in obs], dtype=bool))
     res.s = res.s.with_speculation(np.array([o.spec_k for o in obs], dtype=float),
                                    np.array([o.spec_accept for o in obs], dtype=float))
     keep = np.flatnonzero(res.feasible)

@@ -9,7 +9,8 @@ I/(c + O − 1) prompt tokens on average.
 - TPOT(B) = a step holding this request's decode token plus the others' average mix (single
   stream: a pure decode step);
 - TTFT(B) = c steps holding one chunk of this prompt plus the others' average mix (single
-  stream: the prefill alone);
+  stream: the prefill alone), after waiting ``step.SCHED_LAG`` decode steps for the engine to
+  take the prompt in (``OVERLAP_LAG`` more under an overlap scheduler) when B > 1;
 - throughput by Little's law, B requests every TTFT + (O − 1)·TPOT, and never below serving the
   requests one at a time.
 
@@ -39,6 +40,8 @@ import numpy as np
 
 from moatmeter.perf.step import (
     CHUNK_TOKENS,
+    OVERLAP_LAG,
+    SCHED_LAG,
     StepInputs,
     StepTime,
     decode_step,
@@ -97,6 +100,17 @@ def _ttft(s: StepInputs, n: np.ndarray, inp: np.ndarray, out: np.ndarray) -> np.
     return c * decode_step(s, dec, inp + out / 2.0, pre_tok, inp / 2.0, eager=1.0).total
 
 
+def _sched_lag(s: StepInputs, st: StepTime, busy: np.ndarray | bool = True,
+               arrival: float = 0.0) -> np.ndarray | float:
+    """Mean wait of a new request for a step to take its prompt in, with a batch running
+    (``busy``): ``SCHED_LAG`` steps, ``OVERLAP_LAG`` more under an overlap scheduler, less
+    ``arrival`` (0.5 for a Poisson arrival, which lands mid-step)."""
+    lag = max(SCHED_LAG - arrival, 0.0)
+    if s.overlap is not None:
+        lag = lag + OVERLAP_LAG * s.overlap
+    return np.where(busy, lag * st.total, 0.0)
+
+
 def _poll_wait(s: StepInputs, st: StepTime, busy: np.ndarray | bool = True
                ) -> np.ndarray | float:
     """Mean wait of a new request for the scheduler's next look at its queue: with a batch
@@ -134,11 +148,12 @@ def closed_loop(s: StepInputs, concurrency: np.ndarray, inp: np.ndarray, out: np
     out = np.asarray(out, float)
     st = _decode(s, b, inp, out)
     dec = _decode_steps(s, out)
-    ttft = _ttft(s, b, inp, out) + _poll_wait(s, st, busy=b > 1.0)
+    busy = b > 1.0
+    ttft = _ttft(s, b, inp, out) + _poll_wait(s, st, busy) + _sched_lag(s, st, busy)
     if s.batch_wait_iters is not None:
         # in a closed loop each of the b slots sends a new prompt once per request lifetime
         per_step = b / np.maximum(_chunks(inp) + dec, 1.0)
-        ttft = ttft + _batch_wait(s, per_step, inp, st, busy=b > 1.0)
+        ttft = ttft + _batch_wait(s, per_step, inp, st, busy)
     rps = b / (ttft + dec * st.total)
     # A scheduler can always serve one request at a time: never below single stream.
     one = np.ones_like(b)
@@ -185,10 +200,11 @@ def _open_at(c: _Ctx, n: np.ndarray) -> ServingPoint:
         wq_pre = np.where(rho_p < 1.0, rho_p * c.pre / (2.0 * (1.0 - rho_p)), np.inf)
     n95 = np.minimum(c.bcap, n + Z95 * np.sqrt(n))
     st95 = _decode(s, np.maximum(n95, 1.0), inp, out)
-    # an arrival also waits, on average, half of the step in progress
+    # an arrival also waits for the step in progress (half of it on average) and, under an
+    # overlap scheduler, one more
     hold = _poll_wait(s, st) + _batch_wait(s, lam * st.total, inp, st)
-    ttft_mean = ttft0 + 0.5 * st.total + hold + wq_slot + wq_pre
-    ttft95 = (_ttft(s, np.maximum(n95, 1.0), inp, out) + st95.total + 2.0 * hold
+    ttft_mean = ttft0 + _sched_lag(s, st, arrival=0.5) + hold + wq_slot + wq_pre
+    ttft95 = (_ttft(s, np.maximum(n95, 1.0), inp, out) + _sched_lag(s, st95) + 2.0 * hold
               + LN20 * (wq_slot + wq_pre))
     per = spec_tokens(s)
     return ServingPoint(concurrency=n, rate_rps=lam, ttft_mean=ttft_mean, ttft_p95=ttft95,
