@@ -737,6 +737,14 @@ def test_a_new_request_waits_for_the_running_step_and_one_more_under_overlap():
     one = np.array([1.0])
     assert closed_loop(ovl, one, inp, out).ttft_mean[0] == pytest.approx(
         _ttft(plain, one, inp, out)[0])
+    # a burst's refills wait in the engine's queue: no client round trip, only the step an
+    # overlap scheduler planned before the slot freed
+    b = np.array([64.0])
+    step = _decode(plain, b, inp, out).total[0]
+    assert closed_loop(plain, b, inp, out, queued=True).ttft_mean[0] == pytest.approx(
+        _ttft(plain, b, inp, out)[0])
+    assert closed_loop(ovl, b, inp, out, queued=True).ttft_mean[0] == pytest.approx(
+        _ttft(plain, b, inp, out)[0] + step)
     rate, bcap = np.array([5.0]), np.array([256.0])
     q0, q1 = open_loop(plain, rate, inp, out, bcap), open_loop(ovl, rate, inp, out, bcap)
     assert q1.ttft_mean[0] - q0.ttft_mean[0] == pytest.approx(OVERLAP_LAG * q0.step.total[0],

@@ -683,7 +683,7 @@ def burst(s: Any, n: np.ndarray, bcap: np.ndarray, inp: np.ndarray, out: np.ndar
         span = span + np.where(fixed & (rem > 0), t_rem, 0.0)
     if not np.all(fixed):
         # variable lengths: continuous batching refills freed slots at the steady rate
-        steady = closed_loop(s, wave, inp, out).rate_rps
+        steady = closed_loop(s, wave, inp, out, queued=True).rate_rps
         refill = (n - wave) / steady + pf + np.maximum(longest - 1.0, 0.0) / per * step
         span = np.where(fixed, span, refill)
     return n / span, pf, step / per

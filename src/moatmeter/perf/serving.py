@@ -101,13 +101,19 @@ def _ttft(s: StepInputs, n: np.ndarray, inp: np.ndarray, out: np.ndarray) -> np.
 
 
 def _sched_lag(s: StepInputs, st: StepTime, busy: np.ndarray | bool = True,
-               arrival: float = 0.0) -> np.ndarray | float:
+               arrival: float = 0.0, queued: bool = False) -> np.ndarray | float:
     """Mean wait of a new request for a step to take its prompt in, with a batch running
     (``busy``): ``SCHED_LAG`` steps, ``OVERLAP_LAG`` more under an overlap scheduler, less
-    ``arrival`` (0.5 for a Poisson arrival, which lands mid-step)."""
-    lag = max(SCHED_LAG - arrival, 0.0)
-    if s.overlap is not None:
-        lag = lag + OVERLAP_LAG * s.overlap
+    ``arrival`` (0.5 for a Poisson arrival, which lands mid-step). A request already ``queued``
+    in the engine (a burst's refills) has no client round trip to wait for: it takes the slot a
+    finished request frees in the next step, one step later under an overlap scheduler (that
+    step was planned before the slot freed)."""
+    if queued:
+        lag: np.ndarray | float = 0.0 if s.overlap is None else 1.0 * s.overlap
+    else:
+        lag = max(SCHED_LAG - arrival, 0.0)
+        if s.overlap is not None:
+            lag = lag + OVERLAP_LAG * s.overlap
     return np.where(busy, lag * st.total, 0.0)
 
 
@@ -140,16 +146,20 @@ def _batch_wait(s: StepInputs, lam: np.ndarray, inp: np.ndarray, st: StepTime,
     return np.where((w > 0) & busy, w_eff * (1.0 + 0.5 * m) / (1.0 + m) * st.total, 0.0)
 
 
-def closed_loop(s: StepInputs, concurrency: np.ndarray, inp: np.ndarray, out: np.ndarray
-                ) -> ServingPoint:
-    """Fixed concurrency B (B ≥ 1 requests always in flight)."""
+def closed_loop(s: StepInputs, concurrency: np.ndarray, inp: np.ndarray, out: np.ndarray,
+                queued: bool = False) -> ServingPoint:
+    """Fixed concurrency B (B ≥ 1 requests always in flight): B clients, each sending its next
+    request when the last one ends, or (``queued``) B slots refilled from the engine's own
+    queue, as in a burst of more prompts than slots."""
     b = np.maximum(np.asarray(concurrency, float), 1.0)
     inp = np.asarray(inp, float)
     out = np.asarray(out, float)
     st = _decode(s, b, inp, out)
     dec = _decode_steps(s, out)
     busy = b > 1.0
-    ttft = _ttft(s, b, inp, out) + _poll_wait(s, st, busy) + _sched_lag(s, st, busy)
+    # a queued request was received with the burst: no polling interval to wait out
+    ttft = (_ttft(s, b, inp, out) + (0.0 if queued else _poll_wait(s, st, busy))
+            + _sched_lag(s, st, busy, queued=queued))
     if s.batch_wait_iters is not None:
         # in a closed loop each of the b slots sends a new prompt once per request lifetime
         per_step = b / np.maximum(_chunks(inp) + dec, 1.0)
