@@ -715,7 +715,7 @@ def test_a_scheduler_that_polls_every_n_steps_delays_the_first_token_under_load(
         closed_loop(every, one, inp, out).ttft_mean[0])
 
 
-def test_a_new_request_waits_for_the_running_step_and_one_more_under_overlap():
+def test_a_new_request_waits_for_the_running_step_and_more_under_overlap():
     """In a closed loop the next request reaches an engine already running its next step: it
     waits SCHED_LAG steps, OVERLAP_LAG more under an overlap scheduler (step k + 1 is planned
     while step k runs). Alone it waits for nothing; a Poisson arrival lands mid-step."""
@@ -761,6 +761,7 @@ def test_a_new_request_waits_for_the_running_step_and_one_more_under_overlap():
     ("vLLM", "v0.5.4 (per benchmark_v0.md)", "", 2024.6, False),
     ("vLLM", "v0.10.2, --async-scheduling -tp 2", "", 2025.8, True),
     ("vLLM", "v0.11.0, vllm serve defaults", "", 2025.9, False),
+    ("vLLM", "v0.11.0", "server flags: --async-scheduling --max-model-len 4096", 2025.9, True),
     ("vLLM", "vLLM v0.15.1 (vllm/vllm-openai:v0.15.1)", "", 2026.2, True),
     ("vLLM", "not stated", "", 2025.5, False),
     ("vLLM", "main built from source", "", 2026.4, True),

@@ -200,8 +200,9 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     wait early (``batch_wait_max_tokens_ratio`` x ``max_num_tokens``); 0 steps = off.
 
     ``overlap`` (bool per row, None = the engine's current default, ``OVERLAP_ENGINES``): an
-    overlap (async) scheduler plans step k + 1 while step k runs, so a new prompt waits one step
-    more for its first token (``step.OVERLAP_LAG``).
+    overlap (async) scheduler plans step k + 1 while step k runs and hands out step k's tokens
+    after launching it, so under load a new prompt's first token comes ``step.OVERLAP_LAG``
+    steps later.
 
     ``model`` holds catalog model ids (or one ``ModelEntry``). Unknown ids raise ``CatalogError``.
     """

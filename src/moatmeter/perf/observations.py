@@ -155,7 +155,7 @@ class Obs:
     poll_steps: float = 1.0  # SGLang --scheduler-recv-interval: new requests taken every N steps
     batch_wait_iters: float = 0.0  # TensorRT-LLM batch_wait_timeout_iters (0 = off)
     batch_wait_tokens: float = 0.0  # batch_wait_max_tokens_ratio x max_num_tokens
-    overlap: bool = False  # an overlap (async) scheduler: tokens come one step late
+    overlap: bool = False  # an overlap (async) scheduler (step.OVERLAP_LAG)
     n_prompts: float = float("nan")  # prompts a closed-loop run sends in all (NaN: many)
     when: float = float("nan")  # measurement date as a decimal year (NaN: unknown)
     spec_k: float = 0.0  # speculative decoding: drafted tokens per step (0 = off)

@@ -148,8 +148,8 @@ class StepInputs:
     # None = off. batch_wait_tokens holds r x max_num_tokens.
     batch_wait_iters: np.ndarray | None = None
     batch_wait_tokens: np.ndarray | None = None
-    # bool per row: an overlap (async) scheduler plans the next step while one runs and returns
-    # tokens one step late (``OVERLAP_LAG``); None = no
+    # bool per row: an overlap (async) scheduler plans the next step while one runs and hands out
+    # tokens a step late: OVERLAP_LAG more steps to a new prompt's first token; None = no
     overlap: np.ndarray | None = None
     # speculative decoding (None = off): drafted tokens per step, per-token acceptance, and the
     # cost of drafting one token as a fraction of a plain decode step
