@@ -679,12 +679,10 @@ def test_without_cuda_graphs_every_step_runs_eagerly():
 
 def _row(**over: str) -> dict[str, str]:
     """One observation row (8B on one H100, vLLM, closed loop) with fields overridden."""
-    row = {"id": "a", "source": "s", "accelerator": "NVIDIA H100 SXM5 80GB", "count": "1",
-           "engine": "vLLM", "backend": "CUDA", "engine_version": "", "kv_dtype": "",
-           "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "bf16",
-           "scenario": "fixed_concurrency", "concurrency": "8", "input_len": "1024",
-           "output_len": "256", "metric": "output_tokens_per_s", "value": "500", "notes": ""}
-    return {**row, **over}
+    return _obs_row(**{"id": "a", "source": "s", "accelerator": "NVIDIA H100 SXM5 80GB",
+                       "count": "1", "backend": "CUDA", "model": "meta-llama/Llama-3.1-8B-Instruct",
+                       "concurrency": "8", "input_len": "1024", "output_len": "256",
+                       "value": "500", "notes": "", **over})
 
 
 def test_notes_that_say_cuda_graphs_are_off_make_decode_eager():

@@ -66,11 +66,14 @@ DEFAULT_MAX_BATCH = 256  # vLLM's default max_num_seqs
 # engines replay HPU graphs per prompt bucket; CPU and XPU backends run every step alike.
 EAGER_ENGINES = ("vllm", "sglang", "tgi", "tensorrt-llm")
 EAGER_BACKENDS = ("cuda", "rocm")
-# Engines whose current releases schedule with overlap by default (``step.OVERLAP_LAG``): SGLang's
-# overlap scheduler (default since 0.4, 2024-12), TensorRT-LLM's PyTorch backend (overlap default
-# since 0.19, 2025-05; its TensorRT engine runtime does not overlap), vLLM's async scheduling
-# (default since about 0.13, vLLM PR #27614, 2025-12).
-OVERLAP_ENGINES = ("sglang", "tensorrt-llm", "vllm")
+# Engines that schedule with overlap by default (``step.OVERLAP_LAG``), from which version and,
+# for a source that names none, from which date (decimal year): SGLang's overlap scheduler (0.4,
+# 2024-12), TensorRT-LLM's PyTorch backend (0.19, 2025-05; its TensorRT engine runtime does not
+# overlap), vLLM's async scheduling (about 0.13, vLLM PR #27614, 2025-12). Their current releases
+# all do, so a deployment the planner evaluates overlaps on these engines.
+OVERLAP_SINCE: dict[str, tuple[tuple[int, int], float]] = {
+    "sglang": ((0, 4), 2025.0), "tensorrt-llm": ((0, 19), 2025.4), "vllm": ((0, 13), 2026.0)}
+OVERLAP_ENGINES = tuple(OVERLAP_SINCE)
 ENGINE_RESERVE = {"llama.cpp": (0.02, 0.5), "ollama": (0.02, 0.5), "tensorrt-llm": (0.05, 1.0)}
 # Concurrent sequences a stack can batch when continuous batching is only partial: Ollama's
 # OLLAMA_NUM_PARALLEL defaults to 4 (or 1) slots (Ollama FAQ); without it, one at a time.

@@ -63,7 +63,7 @@ from moatmeter.catalog.modelarch import arch_of
 from moatmeter.errors import InputError
 from moatmeter.perf import memory as mem
 from moatmeter.perf.calibrate import Calibration, arch_class, product_line
-from moatmeter.perf.deploy import DEFAULT_MAX_BATCH, Resolved, resolve
+from moatmeter.perf.deploy import DEFAULT_MAX_BATCH, OVERLAP_SINCE, Resolved, resolve
 from moatmeter.perf.serving import closed_loop, goodput, open_loop
 from moatmeter.perf.speculative import speculation
 from moatmeter.perf.step import decode_step, prefill_time, spec_tokens
@@ -198,27 +198,22 @@ VERSION = re.compile(r"(?<![\w.])v?(\d+)\.(\d+)")
 
 def overlap_scheduler(engine: str, version: str, notes: str, graph_prefill: bool,
                       eager_decode: bool, when: float = float("nan")) -> bool:
-    """Whether a row's engine ran an overlap (async) scheduler (``step.OVERLAP_LAG``): SGLang
-    from 0.4, TensorRT-LLM's PyTorch backend from 0.19 with CUDA graphs on, vLLM from 0.13 or
-    with ``--async-scheduling``; off where the text says it was disabled. A row that names no
-    version runs the default of its date (``when``, decimal year; unknown: the current default,
-    ``deploy.OVERLAP_ENGINES``)."""
+    """Whether a row's engine ran an overlap (async) scheduler (``step.OVERLAP_LAG``): from the
+    version ``deploy.OVERLAP_SINCE`` gives, or for a row that names none from that date (``when``,
+    decimal year; unknown: the current default); vLLM also with ``--async-scheduling``. Off where
+    the text says it was disabled, and for TensorRT-LLM's engine runtime or without CUDA graphs."""
     text = f"{version} {notes}"
-    if DISABLE_OVERLAP.search(text):
+    since = OVERLAP_SINCE.get(engine.lower())
+    if since is None or DISABLE_OVERLAP.search(text):
         return False
-    e = engine.lower()
+    if engine.lower() == "tensorrt-llm" and (graph_prefill or eager_decode):
+        return False
+    if engine.lower() == "vllm" and ASYNC_SCHEDULING.search(text):
+        return True
     mv = VERSION.search(version)
-    ver = (int(mv.group(1)), int(mv.group(2))) if mv else None
-    recent = ver is None and not when < 2026.0
-    if e == "vllm":
-        return bool(ASYNC_SCHEDULING.search(text)) or recent or (ver is not None
-                                                                  and ver >= (0, 13))
-    if e == "sglang":
-        return (ver is None and not when < 2025.0) or (ver is not None and ver >= (0, 4))
-    if e == "tensorrt-llm":
-        return not graph_prefill and not eager_decode and (
-            (ver is None and not when < 2025.4) or (ver is not None and ver >= (0, 19)))
-    return False
+    if mv:
+        return (int(mv.group(1)), int(mv.group(2))) >= since[0]
+    return not when < since[1]
 
 
 def measured_when(source: str, notes: str) -> float:
