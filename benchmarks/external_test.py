@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from moatmeter.catalog.load import load_catalog
+from moatmeter.errors import MoatError
 from moatmeter.perf.observations import read_observations
 from moatmeter.perf.validate import validate_rows
 
@@ -37,9 +39,13 @@ def main() -> None:
     ap.add_argument("--observations", default=str(DEFAULT))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    rows = read_observations(args.observations)
+    try:
+        rows = read_observations(args.observations)
+        out = validate_rows(load_catalog(), rows)
+    except MoatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
     meta = {r["id"]: r for r in rows}
-    out = validate_rows(load_catalog(), rows)
     s = out["summary"]
     if args.json:
         print(json.dumps(s, indent=1))
@@ -57,14 +63,14 @@ def main() -> None:
             groups[key][1].append(lg)
         if m["metric"] == "ttft_ms":
             c = int(float(m["concurrency"] or 1))
-            band = "1-8" if c <= 8 else "16-32" if c <= 32 else "64+"
+            band = "1-8" if c <= 8 else "9-32" if c <= 32 else "33+"
             ttft[band][0].append(r["ape"])
             ttft[band][1].append(lg)
     print("(bias: median log(predicted / measured))")
     for k in sorted(groups, key=lambda k: (k != "overall", k)):
         print(f"  {k[:58]:<58} {_stats(*groups[k])}")
     print("TTFT by concurrency:")
-    for k in ("1-8", "16-32", "64+"):
+    for k in ("1-8", "9-32", "33+"):
         if k in ttft:
             print(f"  {k:<6} {_stats(*ttft[k])}")
 

@@ -73,3 +73,12 @@ def test_external_test_script_prints_its_figures() -> None:
                          capture_output=True, text=True, check=True)
     assert "1095 rows predicted with the bundled calibration, 0 skipped" in res.stdout
     assert "TTFT by concurrency:" in res.stdout
+
+
+def test_external_test_script_reports_a_bad_file_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,source\nx,y\n")
+    res = subprocess.run([sys.executable, str(DATA.parent / "external_test.py"),
+                          "--observations", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"error: {bad}: missing column 'accelerator'"
