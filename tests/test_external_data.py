@@ -9,6 +9,7 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from moatmeter.catalog.load import load_catalog
 from moatmeter.perf.observations import bundled_observations, read_observations
@@ -19,8 +20,9 @@ CSV = DATA / "inferencex_api_dsr1.csv"
 TSV = DATA / "inferencex_api_dsr1.tsv"
 
 
-def _maker():
+def _maker() -> ModuleType:
     spec = importlib.util.spec_from_file_location("make_ix", DATA / "make_inferencex_api_dsr1.py")
+    assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
