@@ -4,7 +4,6 @@ they say."""
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from moatmeter.perf.validate import validate_rows
 
 DATA = Path(__file__).parent.parent / "benchmarks" / "data"
 CSV = DATA / "inferencex_api_dsr1.csv"
-TSV = DATA / "inferencex_api_dsr1.tsv"
 
 
 def _maker() -> ModuleType:
@@ -30,11 +28,7 @@ def _maker() -> ModuleType:
 
 def test_the_csv_is_what_the_script_makes_of_the_transcription() -> None:
     mod = _maker()
-    with open(TSV, newline="") as f:
-        records = list(csv.DictReader(f, delimiter="\t"))
-    kept = [r for r in records
-            if r["spec_method"] == "none" and r["framework"] in ("sglang", "trt")]
-    want = [row for r in kept for row in mod.rows_from_record(r)]
+    want = mod.make_rows(mod.read_records())
     got = read_observations(CSV)
     assert len(got) == len(want) == 1095
     for g, w in zip(got, want, strict=True):
@@ -47,8 +41,7 @@ def test_every_transcribed_record_obeys_littles_law() -> None:
     """A copying slip in TTFT, TPOT or throughput would break this: C requests in flight, each
     taking TTFT + (O - 1) TPOT, deliver C O / that many tokens/s - on TP GPUs (the mean lengths
     are InferenceX's 0.8-1.0 range means, so the ratio sits a little above TP)."""
-    with open(TSV, newline="") as f:
-        records = [r for r in csv.DictReader(f, delimiter="\t") if r["output_tput_per_gpu"] != "NA"]
+    records = [r for r in _maker().read_records() if r["output_tput_per_gpu"] != "NA"]
     assert len(records) > 600
     ratios = []
     for r in records:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from moatmeter.bench.observations import OBS_COLUMNS
+
 HERE = Path(__file__).parent
 SOURCE = ("GitHub SemiAnalysisAI/InferenceX-app "
           "packages/app/cypress/fixtures/api/benchmarks.json "
@@ -26,9 +28,6 @@ ACCELERATOR = {"b200": "NVIDIA B200 (HGX)", "b300": "NVIDIA B300 (HGX)",
                "h200": "NVIDIA H200 SXM 141GB", "mi300x": "AMD Instinct MI300X",
                "mi325x": "AMD Instinct MI325X", "mi355x": "AMD Instinct MI355X"}
 MEAN_LEN = {"1024": 921.5, "8192": 7372.5}  # uniform in [int(0.8 L), L]
-COLUMNS = ["id", "source", "accelerator", "count", "engine", "backend", "engine_version", "model",
-           "weight_dtype", "kv_dtype", "scenario", "concurrency", "input_len", "output_len",
-           "metric", "value", "notes"]
 LENGTHS = ("lengths: InferenceX fixed-seq-len runs of this period use its benchmark_serving.py "
            "random dataset with RANDOM_RANGE_RATIO 0.8 (.github/workflows/benchmark-tmpl.yml, "
            "stored revision 00983c3e), lengths uniform in [int(0.8 L), L], so mean input/output = "
@@ -127,17 +126,27 @@ def rows_from_record(r: dict[str, str]) -> list[dict[str, object]]:
              "notes": "; ".join([head, how, *rest])} for suffix, metric, value, how in values]
 
 
-def main() -> None:
+def read_records() -> list[dict[str, str]]:
+    """Every transcribed record (the TSV), as strings."""
     with open(HERE / "inferencex_api_dsr1.tsv", newline="") as f:
-        records = list(csv.DictReader(f, delimiter="\t"))
-    kept = [r for r in records
-            if r["spec_method"] == "none" and r["framework"] in ("sglang", "trt")]
-    rows = [row for r in kept for row in rows_from_record(r)]
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def make_rows(records: list[dict[str, str]]) -> list[dict[str, object]]:
+    """Observation rows of the records an engine in the catalog ran without speculation."""
+    return [row for r in records
+            if r["spec_method"] == "none" and r["framework"] in ("sglang", "trt")
+            for row in rows_from_record(r)]
+
+
+def main() -> None:
+    records = read_records()
+    rows = make_rows(records)
     with open(HERE / "inferencex_api_dsr1.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+        w = csv.DictWriter(f, fieldnames=OBS_COLUMNS, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-    print(f"{len(records)} records, {len(kept)} kept, {len(rows)} rows")
+    print(f"{len(records)} records, {len(rows) // 3} kept, {len(rows)} rows")
 
 
 if __name__ == "__main__":
