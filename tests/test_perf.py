@@ -131,8 +131,10 @@ def test_dp_attention_keeps_one_kv_copy_and_every_rank_holds_attention_weights()
            "model": "deepseek-ai/DeepSeek-R1", "weight_dtype": "fp8", "kv_dtype": "",
            "scenario": "fixed_concurrency", "concurrency": "32", "input_len": "3200",
            "output_len": "800", "metric": "output_tokens_per_s", "value": "400", "notes": "TP8"}
-    obs, _ = map_rows(CAT, [row, {**row, "id": "y", "engine_version": "0.4.3"}])
-    assert [o.dp_attention for o in obs] == [True, False]
+    # ... unless the notes say the flag had no effect (SGLang without --dp)
+    inactive = {**row, "id": "z", "notes": "TP8, DP attention inactive (no --dp)"}
+    obs, _ = map_rows(CAT, [row, {**row, "id": "y", "engine_version": "0.4.3"}, inactive])
+    assert [o.dp_attention for o in obs] == [True, False, False]
 
 
 def _grid(**kw):

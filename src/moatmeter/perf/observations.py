@@ -225,6 +225,9 @@ def measured_when(source: str, notes: str) -> float:
 # attention data parallel across the TP group: TensorRT-LLM "DEP4" / enable_attention_dp, SGLang
 # --enable-dp-attention
 DP_ATTENTION = re.compile(r"\bDEP\d|enable[-_]dp[-_]attention|enable_attention_dp")
+# ... unless the notes say the flag did nothing: SGLang drops --enable-dp-attention when no --dp
+# is given (server_args._handle_data_parallelism: dp_size 1 turns it off)
+DP_ATTENTION_INACTIVE = re.compile(r"\bDP attention inactive\b", re.IGNORECASE)
 # no CUDA graphs at all, decode included: vLLM --enforce-eager, or notes that say "CUDA graphs off"
 NO_CUDA_GRAPHS = re.compile(r"--enforce[-_]eager|\benforce_eager\b|\bCUDA graphs off\b",
                             re.IGNORECASE)
@@ -480,7 +483,8 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                                  and math.isnan(burst)
                                  and bool(LOCKSTEP.search(notes))),
                        dp_attention=bool(DP_ATTENTION.search(
-                           f"{r.get('engine_version', '')} {r.get('notes', '')}")),
+                           f"{r.get('engine_version', '')} {r.get('notes', '')}"))
+                       and not DP_ATTENTION_INACTIVE.search(notes),
                        profile_tokens=float(mp.group(1)) if (
                            mp := PROFILE_TOKENS.search(notes)) else float("nan"),
                        when=when,
