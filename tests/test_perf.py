@@ -582,12 +582,37 @@ def test_sglang_servers_run_more_than_vllms_256_sequences():
                     model="meta-llama/Llama-3.3-70B-Instruct", concurrency="3000",
                     input_len="508", output_len="515", value="4500",
                     notes="TP4; burst: all 3000 prompts sent at once; longest_output=1024")
-    obs, skipped = map_rows(CAT, [base, {**base, "id": "s", "engine": "SGLang"}])
+    obs, skipped = map_rows(CAT, [{**base, "engine_version": "0.6.3"},
+                                  {**base, "id": "s", "engine": "SGLang"}])
     assert not skipped
     p, _ = prepare(CAT, obs)
     bcap = dict(zip([o.id for o in p.obs], p.res.bcap, strict=True))
     assert bcap["v"] == 256
     assert 1000 < bcap["s"] <= 2048  # the 4x H200 KV pool holds ~1200 such sequences
+
+
+def test_vllm_v1_defaults_to_1024_sequences_on_large_devices_but_not_on_a100s():
+    """vLLM V1 raises max_num_seqs to 1024 on devices of 70 GiB or more, A100s excepted."""
+    from moatmeter.perf.observations import map_rows, prepare
+
+    base = _obs_row(id="v0", accelerator="NVIDIA H200 SXM 141GB", count="1", backend="CUDA",
+                    model="meta-llama/Llama-3.1-8B-Instruct", concurrency="3000",
+                    input_len="128", output_len="128", value="4500", engine_version="0.6.3",
+                    notes="TP1; burst: all 3000 prompts sent at once; longest_output=128")
+    rows = [base, {**base, "id": "v1", "engine_version": "0.10.1"},
+            {**base, "id": "a100", "engine_version": "0.10.1",
+             "accelerator": "NVIDIA A100 SXM 80GB"},
+            {**base, "id": "rocm-v0", "engine_version": "0.9.2", "backend": "ROCm",
+             "accelerator": "AMD Instinct MI300X"},
+            {**base, "id": "rocm-v1", "engine_version": "0.11.0", "backend": "ROCm",
+             "accelerator": "AMD Instinct MI300X"},
+            {**base, "id": "l40s", "engine_version": "0.10.1", "accelerator": "NVIDIA L40S"}]
+    obs, skipped = map_rows(CAT, rows)
+    assert not skipped
+    p, _ = prepare(CAT, obs)
+    bcap = dict(zip([o.id for o in p.obs], p.res.bcap, strict=True))
+    assert bcap == {"v0": 256, "v1": 1024, "a100": 256, "rocm-v0": 256, "rocm-v1": 1024,
+                    "l40s": 256}
 
 
 def test_stated_static_batch_is_not_capped_at_the_default():

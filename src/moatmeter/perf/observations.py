@@ -89,6 +89,28 @@ OFFLINE_MAX_BATCH_DEFAULT = 1024.0
 # max_num_seqs: SGLang sizes its request pool as max_total_tokens / context_len · 512 clamped to
 # [2048, 4096] (model_runner.py), so the KV pool, not a request count, binds first.
 SERVER_MAX_BATCH = {"sglang": 2048.0}
+# vLLM V1 raises its default max_num_seqs from 256 to 1024 on devices with at least 70 GiB ("For
+# GPUs like H100 and MI300x, use larger default values", vllm/engine/arg_utils.py, the V1 batch
+# defaults), A100s excepted since 0.9 (vLLM PR #17885: larger budgets cost A100 throughput). V1 is
+# the default engine from 0.8 on CUDA and from 0.10 on ROCm (for a row that names no version: from
+# the date); V0, Gaudi's plugin and smaller devices keep 256.
+VLLM_V1_SINCE = {"cuda": ((0, 8), 2025.25), "rocm": ((0, 10), 2025.6)}
+VLLM_V1_LARGE = (70.0, 1024.0)  # GiB of device memory, default max_num_seqs
+
+
+def server_max_batch(engine: str, backend: str, version: str, when: float, acc: Any) -> float:
+    """The default cap on running requests of a server a row ran without stating one."""
+    e = engine.lower()
+    if e in SERVER_MAX_BATCH:
+        return SERVER_MAX_BATCH[e]
+    since = VLLM_V1_SINCE.get(backend.lower()) if e == "vllm" else None
+    if since is None or acc.memory_gb * 1e9 / 2**30 < VLLM_V1_LARGE[0]:
+        return float(DEFAULT_MAX_BATCH)
+    mv = VERSION.search(version)
+    ver = (int(mv.group(1)), int(mv.group(2))) if mv else None
+    v1 = ver >= since[0] if ver else not when < since[1]
+    a100_excepted = "A100" in acc.name and (ver is None or ver >= (0, 9))
+    return VLLM_V1_LARGE[1] if v1 and not a100_excepted else float(DEFAULT_MAX_BATCH)
 
 
 def read_observations(path: str | Path) -> list[dict[str, str]]:
@@ -160,6 +182,7 @@ class Obs:
     when: float = float("nan")  # measurement date as a decimal year (NaN: unknown)
     spec_k: float = 0.0  # speculative decoding: drafted tokens per step (0 = off)
     spec_accept: float = 0.0  # per-token acceptance probability
+    server_batch: float = 256.0  # the server's default cap on running requests
 
 
 # B slots that start and end together: a stated lock-step run, a static batch (TensorRT-LLM
@@ -495,7 +518,8 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                        **_batch_wait_notes(f"{r.get('engine_version', '')} {notes}"),
                        eager_decode=eager_dec, graph_prefill=graph_pre,
                        overlap=overlap_scheduler(engine, version, notes, graph_pre, eager_dec,
-                                                 when)))
+                                                 when),
+                       server_batch=server_max_batch(engine, r["backend"], version, when, acc)))
     return out, skipped
 
 
@@ -535,8 +559,7 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
     # served by a default-configured server and keep the default cap.
     burst_row = ~np.isnan(np.array([o.burst_cap for o in obs], dtype=float))
     stated = np.nan_to_num(col["concurrency"].astype(float) / col["replicas"].astype(float))
-    srv = np.array([SERVER_MAX_BATCH.get(o.engine.lower(), float(DEFAULT_MAX_BATCH))
-                    for o in obs])
+    srv = np.array([o.server_batch for o in obs])
     mb = np.where(scen == "offline", off,
                   np.where((scen == "fixed_concurrency") & ~burst_row,
                            np.maximum(srv, stated), srv))
