@@ -45,7 +45,9 @@ def predict_cmd(
     rate: Annotated[float | None, typer.Option("--rate", "-r", help="Poisson arrival rate, "
                                                "requests/s.")] = None,
     max_batch: Annotated[int | None, typer.Option("--max-batch", help="Engine limit on "
-                                                  "concurrent sequences (default 256).")] = None,
+                                                  "concurrent sequences (default: the engine's "
+                                                  "own, e.g. vLLM 256, or 1024 on devices of "
+                                                  "70 GiB or more; SGLang 2048).")] = None,
     dp_attention: Annotated[bool, typer.Option("--dp-attention", help="Attention data-parallel "
                             "inside the TP group (SGLang --enable-dp-attention, TensorRT-LLM "
                             "enable_attention_dp): one KV-cache copy instead of a per-rank "

@@ -55,7 +55,16 @@ ACT_RW_HIDDEN = 8.0
 ACT_RW_INTER = 3.0
 ACT_RW_ATTN = 2.0
 ACT_BYTES_PER_ELEM = 2.0  # 16-bit activations
-DEFAULT_MAX_BATCH = 256  # vLLM's default max_num_seqs
+DEFAULT_MAX_BATCH = 256  # vLLM's default max_num_seqs (V0; V1 on devices under 70 GiB)
+# A default-configured server's cap on running requests, where it differs from DEFAULT_MAX_BATCH:
+# SGLang sizes its request pool as max_total_tokens / context_len · 512 clamped to [2048, 4096]
+# (model_runner.py), so the KV pool, not a request count, binds first; vLLM V1 raises
+# max_num_seqs to 1024 on devices with at least 70 GiB ("For GPUs like H100 and MI300x, use larger
+# default values", vllm/engine/arg_utils.py, the V1 batch defaults), A100s excepted since 0.9
+# (vLLM PR #17885: larger budgets cost A100 throughput).
+SERVER_MAX_BATCH = {"sglang": 2048.0}
+VLLM_LARGE_DEVICE_GIB = 70.0
+VLLM_LARGE_DEVICE_BATCH = 1024.0
 # Memory an engine keeps for itself (fraction of device memory, fixed GiB). vLLM and its kin
 # pre-allocate to gpu_memory_utilization = 0.9 by default (vLLM engine arguments docs); llama.cpp
 # and Ollama allocate weights + KV + compute buffers of a few hundred MiB (estimates).
@@ -79,6 +88,22 @@ ENGINE_RESERVE = {"llama.cpp": (0.02, 0.5), "ollama": (0.02, 0.5), "tensorrt-llm
 # OLLAMA_NUM_PARALLEL defaults to 4 (or 1) slots (Ollama FAQ); without it, one at a time.
 PARTIAL_BATCH_CAP = 4.0
 _16BIT = ("bf16", "fp16", "fp32")
+
+
+def vllm_large_device(acc: Accelerator, a100_excepted: bool = True) -> bool:
+    """Whether vLLM V1 gives ``acc`` its larger batch defaults (A100s only before 0.9)."""
+    return (acc.memory_gb * 1e9 / 2**30 >= VLLM_LARGE_DEVICE_GIB
+            and not (a100_excepted and "A100" in acc.name))
+
+
+def default_max_batch(stack: Stack, acc: Accelerator) -> float:
+    """The current release's default cap on running requests of ``stack`` on ``acc``."""
+    e = stack.engine.lower()
+    if e in SERVER_MAX_BATCH:
+        return SERVER_MAX_BATCH[e]
+    if e == "vllm" and stack.backend.lower() in ("cuda", "rocm") and vllm_large_device(acc):
+        return VLLM_LARGE_DEVICE_BATCH
+    return float(DEFAULT_MAX_BATCH)
 
 
 def _peak_for(acc: Accelerator, dtype: str) -> tuple[float, str, str]:
@@ -220,8 +245,6 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     tp = np.broadcast_to(np.asarray(tp, float), (n,)).copy()
     pp = np.broadcast_to(np.asarray(pp, float), (n,)).copy()
     ctx = np.broadcast_to(np.asarray(context, float), (n,))
-    mb = (np.full(n, float(DEFAULT_MAX_BATCH)) if max_batch is None
-          else np.broadcast_to(np.asarray(max_batch, float), (n,)).copy())
 
     acc_u, acc_i = _inv(accelerator, n)
     st_u, st_i = _inv(stack, n)
@@ -232,6 +255,10 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     stacks = [catalog.stack(s) for s in st_u]
     models = [model_entries.get(m) or catalog.model(m) for m in mo_u]
     arches: list[ModelArch] = [arch_of(m) for m in models]
+    if max_batch is None:  # each engine's current default
+        mb = np.array([[default_max_batch(s, a) for s in stacks] for a in accs])[acc_i, st_i]
+    else:
+        mb = np.broadcast_to(np.asarray(max_batch, float), (n,)).copy()
 
     # --- per accelerator
     bw = np.array([a.memory_bw_gbs * 1e9 for a in accs])[acc_i]

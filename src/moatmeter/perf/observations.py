@@ -63,7 +63,15 @@ from moatmeter.catalog.modelarch import arch_of
 from moatmeter.errors import InputError
 from moatmeter.perf import memory as mem
 from moatmeter.perf.calibrate import Calibration, arch_class, product_line
-from moatmeter.perf.deploy import DEFAULT_MAX_BATCH, OVERLAP_SINCE, Resolved, resolve
+from moatmeter.perf.deploy import (
+    DEFAULT_MAX_BATCH,
+    OVERLAP_SINCE,
+    SERVER_MAX_BATCH,
+    VLLM_LARGE_DEVICE_BATCH,
+    Resolved,
+    resolve,
+    vllm_large_device,
+)
 from moatmeter.perf.serving import closed_loop, goodput, open_loop
 from moatmeter.perf.speculative import speculation
 from moatmeter.perf.step import decode_step, prefill_time, spec_tokens
@@ -85,32 +93,25 @@ EXCLUDED = re.compile(r"excluded from calibration:\s*([^;|]+)", re.IGNORECASE)
 # declare CUDA-graph batch sizes up to 8192; for other engines 1024 is an estimate.
 OFFLINE_MAX_BATCH = {"tensorrt-llm": 8192.0}
 OFFLINE_MAX_BATCH_DEFAULT = 1024.0
-# A default-configured server's cap on running requests, where it differs from vLLM's 256
-# max_num_seqs: SGLang sizes its request pool as max_total_tokens / context_len · 512 clamped to
-# [2048, 4096] (model_runner.py), so the KV pool, not a request count, binds first.
-SERVER_MAX_BATCH = {"sglang": 2048.0}
-# vLLM V1 raises its default max_num_seqs from 256 to 1024 on devices with at least 70 GiB ("For
-# GPUs like H100 and MI300x, use larger default values", vllm/engine/arg_utils.py, the V1 batch
-# defaults), A100s excepted since 0.9 (vLLM PR #17885: larger budgets cost A100 throughput). V1 is
-# the default engine from 0.8 on CUDA and from 0.10 on ROCm (for a row that names no version: from
-# the date); V0, Gaudi's plugin and smaller devices keep 256.
+# vLLM V1 is the default engine from 0.8 on CUDA and from 0.10 on ROCm (for a row that names no
+# version: from the date); V0 keeps 256 sequences, as does V1 on small devices and Gaudi's plugin.
 VLLM_V1_SINCE = {"cuda": ((0, 8), 2025.25), "rocm": ((0, 10), 2025.6)}
-VLLM_V1_LARGE = (70.0, 1024.0)  # GiB of device memory, default max_num_seqs
 
 
 def server_max_batch(engine: str, backend: str, version: str, when: float, acc: Any) -> float:
-    """The default cap on running requests of a server a row ran without stating one."""
+    """The default cap on running requests of the server a row ran without stating one
+    (``deploy.default_max_batch`` as of the row's engine version)."""
     e = engine.lower()
     if e in SERVER_MAX_BATCH:
         return SERVER_MAX_BATCH[e]
     since = VLLM_V1_SINCE.get(backend.lower()) if e == "vllm" else None
-    if since is None or acc.memory_gb * 1e9 / 2**30 < VLLM_V1_LARGE[0]:
+    if since is None:
         return float(DEFAULT_MAX_BATCH)
     mv = VERSION.search(version)
     ver = (int(mv.group(1)), int(mv.group(2))) if mv else None
     v1 = ver >= since[0] if ver else not when < since[1]
-    a100_excepted = "A100" in acc.name and (ver is None or ver >= (0, 9))
-    return VLLM_V1_LARGE[1] if v1 and not a100_excepted else float(DEFAULT_MAX_BATCH)
+    large = vllm_large_device(acc, a100_excepted=ver is None or ver >= (0, 9))
+    return VLLM_LARGE_DEVICE_BATCH if v1 and large else float(DEFAULT_MAX_BATCH)
 
 
 def read_observations(path: str | Path) -> list[dict[str, str]]:

@@ -39,7 +39,8 @@ class DeploymentGrid:
     pp: np.ndarray  # int
     weight_dtype: np.ndarray  # str: bf16, fp16, fp8, int8, int4, fp4
     kv_dtype: np.ndarray  # str: bf16, fp16, fp8
-    max_batch: np.ndarray | None = None  # int engine limit on concurrent sequences (None: 256)
+    # engine limit on concurrent sequences (None: each engine's default, deploy.default_max_batch)
+    max_batch: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.accelerator)
