@@ -183,7 +183,7 @@ class Obs:
     when: float = float("nan")  # measurement date as a decimal year (NaN: unknown)
     spec_k: float = 0.0  # speculative decoding: drafted tokens per step (0 = off)
     spec_accept: float = 0.0  # per-token acceptance probability
-    server_batch: float = 256.0  # the server's default cap on running requests
+    server_batch: float = float(DEFAULT_MAX_BATCH)  # the server's default cap on running requests
 
 
 # B slots that start and end together: a stated lock-step run, a static batch (TensorRT-LLM
