@@ -23,6 +23,10 @@ How a published row becomes a deployment:
   (prefill of all N, then O − 1 decode steps at batch N) when N fits the batch cap, ⌊N / cap⌋
   full waves and a partial one otherwise (requests of one wave end together, so slots free
   together) — not an endless steady state at batch N.
+- Server defaults the row does not state follow its engine version (``server_max_batch``): a
+  burst served by vLLM holds at most 256 running requests under V0 (and on devices under 70 GiB),
+  1024 under V1 on larger devices; SGLang's request pool holds 2048. Attention data parallel is
+  read from the flags unless the notes say "DP attention inactive" (SGLang without ``--dp``).
 - Lock-step waves: a ``fixed_concurrency`` row whose B slots start together and end together —
   a static batch (TensorRT-LLM gptSession, "static batch"), one ``benchmark_latency`` batch, or a
   fixed-length closed loop whose notes say "lock-step" (every output equally long, all slots
