@@ -1031,9 +1031,7 @@ def test_planner_caps_running_requests_at_each_engines_own_default():
     devices of 70 GiB or more (A100s excepted), 256 on smaller ones, SGLang's 2048."""
     acc = ["h100-sxm", "mi300x", "l40s", "a100-sxm-80gb", "h100-sxm"]
     stack = ["vllm-cuda", "vllm-rocm", "vllm-cuda", "vllm-cuda", "sglang-cuda"]
-    r = resolve(CAT, accelerator=np.array(acc), stack=np.array(stack), model="llama-3.1-8b",
-                tp=1, pp=1, weight_dtype="bf16", kv_dtype="bf16", context=1024)
-    assert r.max_batch.tolist() == [1024, 1024, 256, 256, 2048]
-    pinned = resolve(CAT, accelerator=np.array(acc), stack=np.array(stack), model="llama-3.1-8b",
-                     tp=1, pp=1, weight_dtype="bf16", kv_dtype="bf16", context=1024, max_batch=64)
-    assert pinned.max_batch.tolist() == [64] * 5
+    kw = dict(accelerator=np.array(acc), stack=np.array(stack), model="llama-3.1-8b", tp=1, pp=1,
+              weight_dtype="bf16", kv_dtype="bf16", context=1024)
+    assert resolve(CAT, **kw).max_batch.tolist() == [1024, 1024, 256, 256, 2048]
+    assert resolve(CAT, **kw, max_batch=64).max_batch.tolist() == [64] * 5
