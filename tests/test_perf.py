@@ -18,11 +18,13 @@ from moatmeter.perf import (
     Calibration,
     DeploymentGrid,
     Workload,
+    default_calibration,
     evaluate_grid,
     predict_deployment,
     single_stream_bound,
 )
 from moatmeter.perf import memory as mem
+from moatmeter.perf.calibrate import dtype_class
 from moatmeter.perf.deploy import resolve
 from moatmeter.perf.serving import closed_loop, goodput, open_loop
 from moatmeter.perf.step import CHUNK_TOKENS as CHUNK
@@ -231,6 +233,27 @@ def test_fallback_note_and_wider_sigma():
     unseen = cal.lookup("vllm-cuda", "vLLM", "Blackwell", "nvidia/gpu/datacenter")
     assert "calibrated on 10" in seen.note
     assert unseen.note.startswith("fallback") and unseen.sigma > seen.sigma
+
+
+def test_weight_format_has_its_own_calibration_offset():
+    """A pair's fp4 kernels may lag its 16-bit ones: the offset applies to that format only,
+    the grid passes each row's format, and a format the pair never ran is named in the note."""
+    cal = Calibration.from_json(default_calibration().to_json())
+    cal.offsets["pair_dtype"]["vllm-cuda|Hopper|fp4"] = [-1.5, -1.0, 0.5]
+    cal.counts["pair_dtype"].pop("vllm-cuda|Hopper|fp8", None)
+    args = ("vllm-cuda", "vLLM", "Hopper", "nvidia/gpu/datacenter")
+    bf16, fp4 = cal.lookup(*args, dclass="bf16"), cal.lookup(*args, dclass="fp4")
+    fp8 = cal.lookup(*args, dclass="fp8")
+    assert fp4.eff_compute < bf16.eff_compute and fp4.eff_memory < bf16.eff_memory
+    assert fp4.overhead_s > bf16.overhead_s
+    assert "none with fp8 weights" in fp8.note and "none with" not in bf16.note
+    g = DeploymentGrid(accelerator=np.array(["h100-sxm"] * 2), stack=np.array(["vllm-cuda"] * 2),
+                       tp=np.array([1, 1]), pp=np.array([1, 1]),
+                       weight_dtype=np.array(["bf16", "mxfp4"]), kv_dtype=np.array(["bf16"] * 2))
+    r = evaluate_grid(CAT, "llama-3.1-8b", g, Workload(512, 128), SLO(10.0, 1.0), cal)
+    dense_fp4 = cal.lookup(*args, dclass=dtype_class("mxfp4"))
+    assert r.eff_compute[1] == pytest.approx(dense_fp4.eff_compute)
+    assert r.eff_compute[0] == pytest.approx(bf16.eff_compute)
 
 
 def test_unknown_ids_raise_one_line_errors():

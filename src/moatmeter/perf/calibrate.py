@@ -6,11 +6,12 @@ per-step overhead. They are fitted hierarchically, in transformed space (logit f
 efficiencies, log for the overhead):
 
     z(stack, family) = global + line + family + engine + stack + (stack, family) + arch
-                       + (stack, family, arch)
+                       + (stack, family, arch) + (stack, family, dtype) + (family, dtype)
 
 (``line`` is the product line — vendor, device type, datacenter or client — so that an unseen
-Gaudi generation borrows from Gaudi, not from Arc; ``arch`` is the model's class: dense, moe or
-mla-moe.)
+Gaudi generation borrows from Gaudi, not from Arc; ``arch`` is the model's class: dense, moe,
+fine-moe or mla-moe; ``dtype`` the weight format's class: bf16, fp8, int8, fp6, fp4 or
+weight-only.)
 
 Each level is an offset with a zero-mean Gaussian prior (ridge), so a pair with no data inherits
 what its engine, its stack on other families and its family under other stacks say — the "nearest
@@ -39,7 +40,8 @@ import numpy as np
 
 from moatmeter.errors import InputError
 
-LEVELS = ("line", "family", "engine", "stack", "pair", "arch", "pair_arch")
+LEVELS = ("line", "family", "engine", "stack", "pair", "arch", "pair_arch", "pair_dtype",
+          "family_dtype")
 # Prior standard deviations of each level's offset for (compute, memory, overhead).
 PRIOR_SD: dict[str, tuple[float, float, float]] = {
     "line": (0.5, 0.5, 0.8),
@@ -55,6 +57,17 @@ PRIOR_SD: dict[str, tuple[float, float, float]] = {
     # set by leave-one-source-out CV among 0.4, 0.6, 0.9 and 1.2 for the efficiencies (overhead
     # 4/3 of that): median / p90 APE 14.8/45.7, 14.7/43.5, 14.3/43.5, 14.5/44.9 %.
     "pair_arch": (0.9, 0.9, 1.2),
+    # one stack on one family for one weight format class (16-bit, fp8, fp4, weight-only, …):
+    # quantised kernels arrive per format and per chip (SGLang's MXFP4 path on Ampere ran gpt-oss
+    # at a seventh of vLLM's speed, GPUStack A100 pages), and must not be charged to the pair's
+    # 16-bit models.
+    # Chosen by leave-one-source-out CV on the 825-row set (median / p90 APE, rows beyond 35 %):
+    # without the level 14.5/42.4 (134); SD 0.3: 14.7/41.6 (124), 0.5: 14.6/42.4 (127), 0.8:
+    # 14.9/42.5 (126); SD 0.3 with family_dtype at 0.3: 14.4/42.2 (128).
+    "pair_dtype": (0.3, 0.3, 0.36),
+    # one family for one weight format class, whatever the stack: the chip's native support
+    # (FP8 tensor cores from Hopper and CDNA3, FP4 from Blackwell and CDNA4) and its absence.
+    "family_dtype": (0.3, 0.3, 0.36),
 }
 # Prior means before any data: eff_c 0.45, eff_m 0.70, overhead 3 ms (estimates; ranges
 # 0.2-0.8, 0.4-0.9, 0.5-30 ms).
@@ -120,6 +133,13 @@ def product_line(acc: Any) -> str:
     return f"{acc.vendor}/{acc.device_type}/{where}"
 
 
+def dtype_class(weight_dtype: str) -> str:
+    """The calibration's weight-format class: bf16, fp8, int8, fp6, fp4 or wo (weight-only)."""
+    from moatmeter.perf.memory import DTYPE_CLASS, norm_dtype
+
+    return DTYPE_CLASS.get(norm_dtype(weight_dtype), "bf16")
+
+
 def logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
@@ -169,10 +189,12 @@ class Calibration:
         return float(self.meta.get("newest", TREND_REF))
 
     def z(self, stack: str, engine: str, family: str, line: str, arch: str = "dense",
-          when: float | None = None) -> np.ndarray:
+          when: float | None = None, dclass: str = "bf16") -> np.ndarray:
         keys = {"line": line, "family": family, "engine": engine.lower(), "stack": stack,
                 "pair": self.pair_key(stack, family), "arch": arch,
-                "pair_arch": f"{self.pair_key(stack, family)}|{arch}"}
+                "pair_arch": f"{self.pair_key(stack, family)}|{arch}",
+                "pair_dtype": f"{self.pair_key(stack, family)}|{dclass}",
+                "family_dtype": f"{family}|{dclass}"}
         z = np.array(self.global_z, float)
         for lv, k in keys.items():
             z = z + np.array(self.offsets.get(lv, {}).get(k, [0.0, 0.0, 0.0]), float)
@@ -185,14 +207,14 @@ class Calibration:
         return z + np.array(slope, float) * (t - TREND_REF)
 
     def lookup(self, stack: str, engine: str, family: str, line: str, arch: str = "dense",
-               when: float | None = None) -> Efficiency:
+               when: float | None = None, dclass: str = "bf16") -> Efficiency:
         """Efficiencies for a (stack, family) pair, falling back through the levels if unseen.
 
         ``line`` is ``product_line(accelerator)``; ``when`` (decimal year) the software's date,
-        by default that of the newest observation.
+        by default that of the newest observation; ``dclass`` is ``dtype_class(weight dtype)``.
         """
         ec, em, ov = (float(v) for v in z_to_eff(self.z(stack, engine, family, line, arch,
-                                                        when)))
+                                                        when, dclass)))
         pk = self.pair_key(stack, family)
         n_pair = self.counts.get("pair", {}).get(pk, 0)
         if n_pair > 0:
@@ -223,6 +245,8 @@ class Calibration:
             src = "; ".join(known) if known else "the priors only"
             note = (f"fallback: no observations of {stack} on {family}; from {src}; "
                     f"uncertainty widened")
+        if n_pair > 0 and not self.counts.get("pair_dtype", {}).get(f"{pk}|{dclass}", 0):
+            note += f" (none with {dclass} weights)"
         arch_n = self.counts.get("arch", {})
         if not arch_n.get(arch, 0) and any(arch_n.values()):
             sig = sig * 1.3

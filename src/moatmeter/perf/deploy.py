@@ -30,6 +30,7 @@ from moatmeter.perf.calibrate import (
     Calibration,
     arch_class,
     default_calibration,
+    dtype_class,
     product_line,
 )
 from moatmeter.perf.step import EAGER_PREFILL, StepInputs
@@ -418,15 +419,16 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
 
     # --- efficiencies per (stack, family)
     A, M = len(acc_u), len(mo_u)
-    pkey_u, pkey_i = _uniq((st_i * A + acc_i) * M + mo_i, S * A * M)
+    pkey_u, pkey_i = _uniq(((st_i * A + acc_i) * M + mo_i) * W + wd_i, S * A * M * W)
     eff = np.zeros((len(pkey_u), 4))
     pnote = []
     for j, k in enumerate(pkey_u):
-        s = stacks[k // (A * M)]
-        acc = accs[(k // M) % A]
-        a = arches[k % M]
+        s = stacks[k // (A * M * W)]
+        acc = accs[(k // (M * W)) % A]
+        a = arches[(k // W) % M]
         cls = arch_class(a)
-        e = calib.lookup(s.id, s.engine, acc.family, product_line(acc), cls)
+        e = calib.lookup(s.id, s.engine, acc.family, product_line(acc), cls,
+                         dclass=dtype_class(wd_u[k % W]))
         eff[j] = (e.eff_compute, e.eff_memory, e.overhead_s, e.sigma)
         pnote.append(e.note)
     eff_r = eff[pkey_i]

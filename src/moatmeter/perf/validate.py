@@ -19,6 +19,7 @@ from moatmeter.perf.calibrate import (
     build_design,
     calibration_from_fit,
     default_calibration,
+    dtype_class,
     fit,
     source_weights,
     trend_key,
@@ -86,7 +87,8 @@ def _subset(p: Prepared, idx: np.ndarray) -> Prepared:
 
 def _with_calib(p: Prepared, cal: Calibration, sigma_out: np.ndarray | None = None
                 ) -> np.ndarray:
-    effs = [cal.lookup(o.stack, o.engine, o.family, o.line, o.arch, o.when) for o in p.obs]
+    effs = [cal.lookup(o.stack, o.engine, o.family, o.line, o.arch, o.when,
+                       dtype_class(o.weight_dtype)) for o in p.obs]
     eff = np.array([(e.eff_compute, e.eff_memory, e.overhead_s) for e in effs], dtype=float)
     if sigma_out is not None:
         sigma_out[:] = [e.sigma for e in effs]
