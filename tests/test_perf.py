@@ -239,10 +239,11 @@ def test_weight_format_has_its_own_calibration_offset():
     """A pair's fp4 kernels may lag its 16-bit ones: the offset applies to that format only,
     the grid passes each row's format, and a format the pair never ran is named in the note."""
     cal = Calibration.from_json(default_calibration().to_json())
-    cal.offsets["pair_dtype"]["vllm-cuda|Hopper|fp4"] = [-1.5, -1.0, 0.5]
+    fp4_key = f"vllm-cuda|Hopper|{dtype_class('mxfp4')}"
+    cal.offsets["pair_dtype"][fp4_key] = [-1.5, -1.0, 0.5]
     cal.counts["pair_dtype"].pop("vllm-cuda|Hopper|fp8", None)
     args = ("vllm-cuda", "vLLM", "Hopper", "nvidia/gpu/datacenter")
-    bf16, fp4 = cal.lookup(*args, dclass="bf16"), cal.lookup(*args, dclass="fp4")
+    bf16, fp4 = cal.lookup(*args, dclass="bf16"), cal.lookup(*args, dclass=dtype_class("mxfp4"))
     fp8 = cal.lookup(*args, dclass="fp8")
     assert fp4.eff_compute < bf16.eff_compute and fp4.eff_memory < bf16.eff_memory
     assert fp4.overhead_s > bf16.overhead_s
@@ -251,9 +252,10 @@ def test_weight_format_has_its_own_calibration_offset():
                        tp=np.array([1, 1]), pp=np.array([1, 1]),
                        weight_dtype=np.array(["bf16", "mxfp4"]), kv_dtype=np.array(["bf16"] * 2))
     r = evaluate_grid(CAT, "llama-3.1-8b", g, Workload(512, 128), SLO(10.0, 1.0), cal)
-    dense_fp4 = cal.lookup(*args, dclass=dtype_class("mxfp4"))
-    assert r.eff_compute[1] == pytest.approx(dense_fp4.eff_compute)
+    assert r.eff_compute[1] == pytest.approx(fp4.eff_compute)
+    assert r.eff_compute[1] < r.eff_compute[0]
     assert r.eff_compute[0] == pytest.approx(bf16.eff_compute)
+    assert dtype_class("mxfp4") != dtype_class("nvfp4") == "fp4"
 
 
 def test_unknown_ids_raise_one_line_errors():
