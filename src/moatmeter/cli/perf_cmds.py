@@ -261,7 +261,8 @@ def calibrate_cmd(
     if json_out:
         print_json(summary)
         return
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="fitted efficiencies per stack|family")
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False,
+              title="fitted efficiencies per stack|family (dense models, 16-bit weights)")
     for c in ("pair", "eff compute", "eff memory", "overhead ms", "σ", "n"):
         t.add_column(c, justify="left" if c == "pair" else "right")
     for k, v in summary["pairs"].items():

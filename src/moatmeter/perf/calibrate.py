@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from moatmeter.errors import InputError
+from moatmeter.perf.memory import DTYPE_CLASS, norm_dtype
 
 LEVELS = ("line", "family", "engine", "stack", "pair", "arch", "pair_arch", "pair_dtype",
           "family_dtype")
@@ -61,6 +62,7 @@ PRIOR_SD: dict[str, tuple[float, float, float]] = {
     # quantised kernels arrive per format and per chip (SGLang's MXFP4 path on Ampere ran gpt-oss
     # at a seventh of vLLM's speed, GPUStack A100 pages), and must not be charged to the pair's
     # 16-bit models.
+    #
     # Chosen by leave-one-source-out CV on the 825-row set (median / p90 APE, rows beyond 35 %)
     # and the external InferenceX test (median / p90): without the level 14.5/42.4 (134),
     # 16.2/60.8; pair only, MXFP4 in the fp4 class, SD 0.3: 14.7/41.6 (124), 21.0/59.0 (0.5:
@@ -147,8 +149,6 @@ def dtype_class(weight_dtype: str) -> str:
     MXFP4 has a class of its own: gpt-oss's MXFP4 experts run w4a16 / w4a8 MoE kernels, NVFP4
     checkpoints native FP4 GEMMs on Blackwell; lumped together, gpt-oss rows set R1-FP4's speed.
     """
-    from moatmeter.perf.memory import DTYPE_CLASS, norm_dtype
-
     d = norm_dtype(weight_dtype)
     return "mxfp4" if d == "mxfp4" else DTYPE_CLASS.get(d, "bf16")
 
@@ -270,7 +270,8 @@ class Calibration:
     # ---- persistence
     def to_json(self) -> dict[str, Any]:
         return {"model": "logit eff_c, logit eff_m, log overhead_ms = global + "
-                + " + ".join(LEVELS), "pairs_note": "pairs: efficiencies for dense models",
+                + " + ".join(LEVELS),
+                "pairs_note": "pairs: efficiencies for dense models with 16-bit weights",
                 "global_z": self.global_z, "offsets": self.offsets, "sigma": self.sigma,
                 "counts": self.counts, "global_sigma": self.global_sigma, "meta": self.meta,
                 "pairs": self.pair_table()}
