@@ -422,13 +422,15 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     pkey_u, pkey_i = _uniq(((st_i * A + acc_i) * M + mo_i) * W + wd_i, S * A * M * W)
     eff = np.zeros((len(pkey_u), 4))
     pnote = []
+    seen: dict[tuple[str, ...], Any] = {}  # accelerators of one family share their efficiencies
     for j, k in enumerate(pkey_u):
         s = stacks[k // (A * M * W)]
         acc = accs[(k // (M * W)) % A]
-        a = arches[(k // W) % M]
-        cls = arch_class(a)
-        e = calib.lookup(s.id, s.engine, acc.family, product_line(acc), cls,
-                         dclass=dtype_class(wd_u[k % W]))
+        look = (s.id, s.engine, acc.family, product_line(acc), arch_class(arches[(k // W) % M]),
+                dtype_class(wd_u[k % W]))
+        if look not in seen:
+            seen[look] = calib.lookup(*look[:5], dclass=look[5])
+        e = seen[look]
         eff[j] = (e.eff_compute, e.eff_memory, e.overhead_s, e.sigma)
         pnote.append(e.note)
     eff_r = eff[pkey_i]
