@@ -153,6 +153,15 @@ def dtype_class(weight_dtype: str) -> str:
     return "mxfp4" if d == "mxfp4" else DTYPE_CLASS.get(d, "bf16")
 
 
+def level_keys(line: str, family: str, engine: str, stack: str, arch: str, dclass: str
+               ) -> dict[str, str]:
+    """The key of each level for one (stack, family, arch, format): shared by fit and lookup."""
+    pair = Calibration.pair_key(stack, family)
+    return {"line": line, "family": family, "engine": engine.lower(), "stack": stack,
+            "pair": pair, "arch": arch, "pair_arch": f"{pair}|{arch}",
+            "pair_dtype": f"{pair}|{dclass}", "family_dtype": f"{family}|{dclass}"}
+
+
 def logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
@@ -203,11 +212,7 @@ class Calibration:
 
     def z(self, stack: str, engine: str, family: str, line: str, arch: str = "dense",
           when: float | None = None, dclass: str = "bf16") -> np.ndarray:
-        keys = {"line": line, "family": family, "engine": engine.lower(), "stack": stack,
-                "pair": self.pair_key(stack, family), "arch": arch,
-                "pair_arch": f"{self.pair_key(stack, family)}|{arch}",
-                "pair_dtype": f"{self.pair_key(stack, family)}|{dclass}",
-                "family_dtype": f"{family}|{dclass}"}
+        keys = level_keys(line, family, engine, stack, arch, dclass)
         z = np.array(self.global_z, float)
         for lv, k in keys.items():
             z = z + np.array(self.offsets.get(lv, {}).get(k, [0.0, 0.0, 0.0]), float)
@@ -258,7 +263,8 @@ class Calibration:
             src = "; ".join(known) if known else "the priors only"
             note = (f"fallback: no observations of {stack} on {family}; from {src}; "
                     f"uncertainty widened")
-        if n_pair > 0 and not self.counts.get("pair_dtype", {}).get(f"{pk}|{dclass}", 0):
+        dkey = level_keys(line, family, engine, stack, arch, dclass)["pair_dtype"]
+        if n_pair > 0 and not self.counts.get("pair_dtype", {}).get(dkey, 0):
             note += f" (none with {dclass} weights)"
         arch_n = self.counts.get("arch", {})
         if not arch_n.get(arch, 0) and any(arch_n.values()):

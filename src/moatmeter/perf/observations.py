@@ -66,7 +66,13 @@ from moatmeter.catalog.load import Catalog
 from moatmeter.catalog.modelarch import arch_of
 from moatmeter.errors import InputError
 from moatmeter.perf import memory as mem
-from moatmeter.perf.calibrate import Calibration, arch_class, dtype_class, product_line
+from moatmeter.perf.calibrate import (
+    Calibration,
+    arch_class,
+    dtype_class,
+    level_keys,
+    product_line,
+)
 from moatmeter.perf.deploy import (
     DEFAULT_MAX_BATCH,
     OVERLAP_SINCE,
@@ -735,12 +741,8 @@ def wave_ttft(prefill: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def rows_keys(p: Prepared) -> list[dict[str, str]]:
-    return [{"line": o.line, "family": o.family, "engine": o.engine.lower(), "stack": o.stack,
-             "pair": Calibration.pair_key(o.stack, o.family), "arch": o.arch,
-             "pair_arch": f"{Calibration.pair_key(o.stack, o.family)}|{o.arch}",
-             "pair_dtype": f"{Calibration.pair_key(o.stack, o.family)}|"
-                           f"{dtype_class(o.weight_dtype)}",
-             "family_dtype": f"{o.family}|{dtype_class(o.weight_dtype)}"} for o in p.obs]
+    return [level_keys(o.line, o.family, o.engine, o.stack, o.arch, dtype_class(o.weight_dtype))
+            for o in p.obs]
 
 
 def ape(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
