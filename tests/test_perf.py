@@ -771,8 +771,9 @@ def test_a_new_request_waits_for_the_running_step_and_more_under_overlap():
     while step k runs). Alone it waits for nothing; a Poisson arrival lands mid-step."""
     from moatmeter.perf.serving import _decode, _ttft
 
+    # SGLang: no per-sequence CPU cost in either mode, so only the lag differs
     kw = dict(accelerator="h100-sxm", model="llama-3.1-8b", tp=1, pp=1, weight_dtype="bf16",
-              kv_dtype="bf16", context=2048, stack="vllm-cuda")
+              kv_dtype="bf16", context=2048, stack="sglang-cuda")
     plain = resolve(CAT, overlap=False, **kw).s
     ovl = resolve(CAT, overlap=True, **kw).s
     assert SCHED_LAG > 0 and OVERLAP_LAG > 0
@@ -1060,3 +1061,25 @@ def test_planner_caps_running_requests_at_each_engines_own_default():
               weight_dtype="bf16", kv_dtype="bf16", context=1024)
     assert resolve(CAT, **kw).max_batch.tolist() == [1024, 1024, 256, 256, 2048]
     assert resolve(CAT, **kw, max_batch=64).max_batch.tolist() == [64] * 5
+
+
+def test_per_sequence_cpu_work_only_without_an_overlap_scheduler():
+    """vLLM without an overlap scheduler spends PER_SEQ_CPU_S per running sequence between GPU
+    steps; with one (the planner's default for vLLM) that work hides behind the next step, and
+    engines without the cost (SGLang, TensorRT-LLM) never pay it."""
+    from moatmeter.perf.step import PER_SEQ_CPU_S, decode_step
+
+    kw = dict(accelerator="h100-sxm", model="llama-3.1-8b", tp=1, pp=1, weight_dtype="bf16",
+              kv_dtype="bf16", context=2048)
+    plain = resolve(CAT, stack="vllm-cuda", overlap=False, **kw).s
+    ovl = resolve(CAT, stack="vllm-cuda", overlap=True, **kw).s
+    assert PER_SEQ_CPU_S > 0
+    assert ovl.per_seq is None and resolve(CAT, stack="vllm-cuda", **kw).s.per_seq is None
+    assert resolve(CAT, stack="sglang-cuda", overlap=False, **kw).s.per_seq is None
+    ctx = np.array([1500.0])
+    for b in (1.0, 16.0, 256.0):
+        batch = np.array([b])
+        gap = decode_step(plain, batch, ctx).total[0] - decode_step(ovl, batch, ctx).total[0]
+        assert gap == pytest.approx(b * PER_SEQ_CPU_S)
+        assert decode_step(plain, batch, ctx).overhead[0] == pytest.approx(
+            decode_step(ovl, batch, ctx).overhead[0] + b * PER_SEQ_CPU_S)

@@ -85,7 +85,8 @@ def predict_cmd(
     overlap: Annotated[bool | None, typer.Option(
         "--overlap-scheduler/--no-overlap-scheduler", help="The engine plans the next step while "
         "one runs (SGLang's overlap scheduler, TensorRT-LLM's PyTorch backend, vLLM "
-        "--async-scheduling): under load a new prompt's first token comes two steps later. "
+        "--async-scheduling): under load a new prompt's first token comes two steps later; "
+        "without it vLLM's per-sequence CPU work sits between GPU steps. "
         "Default: the engine's current default (on for those three).", show_default=False)] = None,
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,

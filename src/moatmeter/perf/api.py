@@ -326,6 +326,10 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
         pre_notes.append(f"overlap scheduler: under load a new prompt's first token comes "
                          f"{OVERLAP_LAG:g} decode steps later (it misses the step planned "
                          "ahead, and tokens come out a step late)")
+    if r.s.per_seq is not None and r.s.per_seq[0] > 0:
+        pre_notes.append(f"no overlap scheduler: the engine's per-sequence CPU work "
+                         f"({r.s.per_seq[0] * 1e6:.0f} us per running sequence) sits between "
+                         "GPU steps")
     if eager:
         pre_notes.append("no CUDA graphs: every step, decode included, pays the eager-execution "
                          "overhead")

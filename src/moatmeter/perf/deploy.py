@@ -33,7 +33,7 @@ from moatmeter.perf.calibrate import (
     dtype_class,
     product_line,
 )
-from moatmeter.perf.step import EAGER_PREFILL, StepInputs
+from moatmeter.perf.step import EAGER_PREFILL, PER_SEQ_CPU_S, StepInputs
 
 FAST_LINK_GBS = 200.0  # above this the scale-up fabric is a dedicated link, not PCIe
 LAT_FAST = 8e-6
@@ -84,6 +84,10 @@ EAGER_BACKENDS = ("cuda", "rocm")
 OVERLAP_SINCE: dict[str, tuple[tuple[int, int], float]] = {
     "sglang": ((0, 4), 2025.0), "tensorrt-llm": ((0, 19), 2025.4), "vllm": ((0, 13), 2026.0)}
 OVERLAP_ENGINES = tuple(OVERLAP_SINCE)
+# engines whose per-sequence CPU work sits between GPU steps unless an overlap scheduler hides it
+# (``step.PER_SEQ_CPU_S``): vLLM's Python scheduler and output processing. TGI's Gaudi runs at
+# static batches of 1,000-4,000 show no such cost, SGLang overlaps since 0.4.
+PER_SEQ_ENGINES = ("vllm",)
 ENGINE_RESERVE = {"llama.cpp": (0.02, 0.5), "ollama": (0.02, 0.5), "tensorrt-llm": (0.05, 1.0)}
 # Concurrent sequences a stack can batch when continuous batching is only partial: Ollama's
 # OLLAMA_NUM_PARALLEL defaults to 4 (or 1) slots (Ollama FAQ); without it, one at a time.
@@ -372,6 +376,8 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     reasons[m] = why[m]
 
     ovl_u = np.array([s.engine.lower() in OVERLAP_ENGINES for s in stacks], dtype=bool)
+    pseq_u = np.array([PER_SEQ_CPU_S if s.engine.lower() in PER_SEQ_ENGINES else 0.0
+                       for s in stacks])
     eager_u = np.array([EAGER_PREFILL if s.engine.lower() in EAGER_ENGINES
                         and s.backend.lower() in EAGER_BACKENDS else 0.0 for s in stacks])
 
@@ -446,6 +452,8 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     q_width = mcol(lambda a: a.heads * a.head_dim)
     act_tok = ACT_BYTES_PER_ELEM * layers * (ACT_RW_HIDDEN * hidden * tp + ACT_RW_INTER * inter_act
                                              + ACT_RW_ATTN * q_width)
+    ovl_row = (ovl_u[st_i] if overlap is None
+               else np.broadcast_to(np.asarray(overlap, bool), (n,)).copy())
     s = StepInputs(peak=np.maximum(peak, 1.0), bw=bw, link_bw=link_bw, link_lat=link_lat,
                    tp=tp, pp=pp, eff_c=eff_r[:, 0], eff_m=eff_r[:, 1], overhead=eff_r[:, 2],
                    w_dense=w_dense + w_attn_extra, w_expert=w_expert, n_experts=n_exp, topk=topk,
@@ -460,8 +468,8 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                        np.asarray(batch_wait[0], float), (n,)).copy(),
                    batch_wait_tokens=None if batch_wait is None else np.broadcast_to(
                        np.asarray(batch_wait[1], float), (n,)).copy(),
-                   overlap=ovl_u[st_i] if overlap is None
-                   else np.broadcast_to(np.asarray(overlap, bool), (n,)).copy())
+                   overlap=ovl_row,
+                   per_seq=pseq if np.any(pseq := np.where(ovl_row, 0.0, pseq_u[st_i])) else None)
     return Resolved(s=s, feasible=feasible, reason=list(reasons), devices=devices,
                     weights_per_device=w_dev, device_bytes=mem_gb * mem.GIB,
                     usable_per_device=usable, kv_pool=pool,

@@ -107,6 +107,17 @@ EAGER_DECODE = 3.0
 # (90), 0 / 2: 13.3 / 40.8 (90), 2 / 2: 13.6 / 40.4 (90).
 SCHED_LAG = 1.0
 OVERLAP_LAG = 2.0
+# CPU time per running sequence per step that an engine without an overlap scheduler spends
+# between GPU steps (vLLM: scheduling, block tables, sampling metadata and output processing in
+# Python, per sequence), on the critical path; an overlap scheduler hides it behind the next step.
+# Estimate (range 10-80 us): 128 sequences cost ~4 ms, against ~13 ms of GPU time per step for
+# Llama-3.1-70B FP8 on 8x MI300X, whose vLLM 0.6 latency runs slow from 9.3 ms at batch 1 to
+# 22 ms per step at 128 (AMD ROCm blog, observations.csv). A global hyper-parameter chosen by
+# leave-one-source-out CV on the 825-row set (median / p90 APE, rows beyond 35 %): none 14.6 /
+# 41.2 % (123); 30 us 14.2 / 41.1 % (120); 60 us 14.4 / 41.0 % (122); 30 us on V0 only 14.5 /
+# 41.2 % (121); 30 us for vLLM, SGLang and TGI without overlap 14.3 / 43.1 % (131: TGI's static
+# batches of 1,000-4,000 on Gaudi do not show it).
+PER_SEQ_CPU_S = 30e-6
 
 
 @dataclass
@@ -156,6 +167,9 @@ class StepInputs:
     spec_k: np.ndarray | None = None
     spec_accept: np.ndarray | None = None
     spec_draft: np.ndarray | None = None
+    # CPU seconds per running sequence per step on the critical path (``PER_SEQ_CPU_S`` for an
+    # engine that has it and runs without an overlap scheduler); None = none
+    per_seq: np.ndarray | None = None
     _k: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
     _spec: tuple[np.ndarray, StepInputs] | None = field(default=None, init=False, repr=False,
                                                          compare=False)
@@ -305,7 +319,8 @@ def decode_step(s: StepInputs, batch: np.ndarray, context: np.ndarray,
     yields ``spec_tokens(s)`` tokens per decoding sequence.
     """
     if s.spec_k is None:
-        return _step(s, batch, context, prefill_tokens, prefill_context, 1.0, eager)
+        return _per_seq(s, batch, _step(s, batch, context, prefill_tokens, prefill_context, 1.0,
+                                        eager))
     verify = _step(s, batch, context, prefill_tokens, prefill_context, 1.0 + s.spec_k, eager)
     # drafting: only on the rows that speculate, only for sequences that decode in this step
     on, sub = s.speculating
@@ -315,7 +330,15 @@ def decode_step(s: StepInputs, batch: np.ndarray, context: np.ndarray,
     draft = np.zeros(n)
     draft[on] = (sub.spec_k * sub.spec_draft * np.minimum(b, 1.0)
                  * _step(sub, b, ctx, 0.0, 0.0, 1.0).total)
-    return replace(verify, total=verify.total + draft)
+    return _per_seq(s, batch, replace(verify, total=verify.total + draft))
+
+
+def _per_seq(s: StepInputs, batch: np.ndarray | float, st: StepTime) -> StepTime:
+    """The step plus the CPU's per-sequence work, where it sits between the GPU steps."""
+    if s.per_seq is None:
+        return st
+    cpu = s.per_seq * np.asarray(batch, float)
+    return replace(st, total=st.total + cpu, overhead=st.overhead + cpu)
 
 
 def _step(s: StepInputs, batch: np.ndarray | float, context: np.ndarray,
