@@ -29,6 +29,9 @@ and compute imperfectly, so near the ridge point the time is higher than either 
   launches, per-layer synchronisation) scales with the layer count, the rest (scheduler,
   sampler) would not — so 14 ms fitted on a 126-layer 405B model is not charged in full to an 8B.
   Cross-validation currently puts the whole of it per layer (share 1.0).
+- Without an overlap scheduler, vLLM's per-sequence CPU work (scheduling, block tables, sampling
+  metadata, output processing) sits between the GPU steps: ``PER_SEQ_CPU_S`` per running sequence
+  is added to every decode step (``StepInputs.per_seq``); an overlap scheduler hides it.
 - Prompt steps run eagerly in the Python-driven engines: CUDA graphs are captured for decode
   batches only, so a step that carries prompt tokens pays ``EAGER_PREFILL`` times the step
   overhead more (kernel launches and Python dispatch per operator of every layer). A
@@ -110,11 +113,11 @@ OVERLAP_LAG = 2.0
 # CPU time per running sequence per step that an engine without an overlap scheduler spends
 # between GPU steps (vLLM: scheduling, block tables, sampling metadata and output processing in
 # Python, per sequence), on the critical path; an overlap scheduler hides it behind the next step.
-# Estimate (range 10-80 us): 128 sequences cost ~4 ms, against ~13 ms of GPU time per step for
-# Llama-3.1-70B FP8 on 8x MI300X, whose vLLM 0.6 latency runs slow from 9.3 ms at batch 1 to
-# 22 ms per step at 128 (AMD ROCm blog, observations.csv). A global hyper-parameter chosen by
-# leave-one-source-out CV on the 825-row set (median / p90 APE, rows beyond 35 %): none 14.6 /
-# 41.2 % (123); 30 us 14.2 / 41.1 % (120); 60 us 14.4 / 41.0 % (122); 30 us on V0 only 14.5 /
+# Estimate (range 10-80 us): 128 sequences cost ~4 ms. AMD's vLLM 0.6 latency runs of
+# Llama-3.1-70B FP8 on 8x MI300X slow from 9.3 ms per step at batch 1 to 22 ms at 128, where the
+# model without this term put ~13 ms (AMD ROCm blog, observations.csv). A global hyper-parameter
+# chosen by leave-one-source-out CV on the 825-row set (median / p90 APE, rows beyond 35 %): none
+# 14.6 / 41.2 % (123); 30 us 14.2 / 41.1 % (120); 60 us 14.4 / 41.0 % (122); 30 us on V0 only 14.5 /
 # 41.2 % (121); 30 us for vLLM, SGLang and TGI without overlap 14.3 / 43.1 % (131: TGI's static
 # batches of 1,000-4,000 on Gaudi do not show it).
 PER_SEQ_CPU_S = 30e-6
