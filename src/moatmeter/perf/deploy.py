@@ -454,6 +454,8 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                                              + ACT_RW_ATTN * q_width)
     ovl_row = (ovl_u[st_i] if overlap is None
                else np.broadcast_to(np.asarray(overlap, bool), (n,)).copy())
+    # an overlap scheduler hides the per-sequence CPU work; None keeps the planner's grid free of it
+    per_seq = np.where(ovl_row, 0.0, pseq_u[st_i])
     s = StepInputs(peak=np.maximum(peak, 1.0), bw=bw, link_bw=link_bw, link_lat=link_lat,
                    tp=tp, pp=pp, eff_c=eff_r[:, 0], eff_m=eff_r[:, 1], overhead=eff_r[:, 2],
                    w_dense=w_dense + w_attn_extra, w_expert=w_expert, n_experts=n_exp, topk=topk,
@@ -469,7 +471,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                    batch_wait_tokens=None if batch_wait is None else np.broadcast_to(
                        np.asarray(batch_wait[1], float), (n,)).copy(),
                    overlap=ovl_row,
-                   per_seq=pseq if np.any(pseq := np.where(ovl_row, 0.0, pseq_u[st_i])) else None)
+                   per_seq=per_seq if np.any(per_seq) else None)
     return Resolved(s=s, feasible=feasible, reason=list(reasons), devices=devices,
                     weights_per_device=w_dev, device_bytes=mem_gb * mem.GIB,
                     usable_per_device=usable, kv_pool=pool,
