@@ -48,7 +48,9 @@ def main() -> None:
           f"{len(s['skipped'])} skipped ({dt:.0f} s)")
     print(f"overall            {_fmt(s)}")
     print(f"held-out values inside the predicted P10-P90 band: "
-          f"{100 * s['p10_p90_band_coverage']:.0f} % (ideal 80 %)")
+          f"{100 * s['p10_p90_band_coverage']:.0f} % (ideal 80 %); per metric: "
+          + ", ".join(f"{k} {100 * v:.0f} %"
+                      for k, v in s["p10_p90_band_coverage_by_metric"].items()))
     for name in ("coverage", "vendor", "stack", "metric", "scenario"):
         print(f"per {name}:")
         for k, v in s["by"][name].items():

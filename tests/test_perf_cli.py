@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,14 @@ def test_predict_json_contract(cli):
     b = d["output_tokens_per_s_band"]
     assert b["p10"] < b["p50"] < b["p90"]
     assert d["calibration_note"]
+    # P10-P90 bands: throughput's at the calibrated sigma, latencies' wider (TPOT 1.4x, TTFT 2x)
+    z90 = 1.2816
+    for band, spread in (("output_tokens_per_s_band", 1.0), ("tpot_band", 1.4),
+                         ("ttft_band", 2.0)):
+        lo, mid, hi = (d[band][k] for k in ("p10", "p50", "p90"))
+        assert math.log(hi / mid) == pytest.approx(z90 * spread * d["sigma"], rel=1e-9)
+        assert math.log(mid / lo) == pytest.approx(z90 * spread * d["sigma"], rel=1e-9)
+    assert d["ttft_band"]["p50"] == d["ttft_s"] and d["tpot_band"]["p50"] == d["tpot_s"]
 
 
 def test_predict_dp_attention_flag(cli):
@@ -192,17 +201,20 @@ def test_bad_input_exit_code_from_the_executable():
     one_line_error(run(*PREDICT[:-2], "--output", "-3"), "--output must be ≥ 1")
 
 
-def _sample_rows(n_sources: int = 2, per_source: int = 3) -> list[dict[str, str]]:
-    """A few real bundled rows from distinct sources that the model can map."""
+def _sample_rows(n_sources: int = 2, per_source: int = 3,
+                 metrics: tuple[str, ...] = ("output_tokens_per_s",)) -> list[dict[str, str]]:
+    """A few real bundled rows from distinct sources that the model can map: per source,
+    ``per_source`` rows of each of ``metrics``."""
     rows = read_observations(bundled_observations())
     cat = load_catalog()
     ok = {o.id for o in map_rows(cat, rows)[0]}
-    by: dict[str, list[dict[str, str]]] = {}
+    by: dict[str, dict[str, list[dict[str, str]]]] = {}
     for r in rows:
-        if r["id"] in ok and r["metric"] == "output_tokens_per_s":
-            by.setdefault(r["source"], []).append(r)
-    srcs = [s for s, v in by.items() if len(v) >= per_source][:n_sources]
-    return [r for s in srcs for r in by[s][:per_source]]
+        if r["id"] in ok and r["metric"] in metrics:
+            by.setdefault(r["source"], {}).setdefault(r["metric"], []).append(r)
+    srcs = [s for s, v in by.items()
+            if all(len(v.get(m, [])) >= per_source for m in metrics)][:n_sources]
+    return [r for s in srcs for m in metrics for r in by[s][m][:per_source]]
 
 
 def _write(path: Path, rows: list[dict[str, str]], cols: list[str] | None = None) -> Path:
@@ -282,6 +294,21 @@ def test_calibrate_then_validate_cv(cli, tmp_path):
     assert cv["cv"] == "leave-one-source-out" and cv["sources"] == 2
     assert cv["n"] == len(rows) and "vendor" in cv["by"] and "stack" in cv["by"]
     assert ins["median_ape"] <= cv["median_ape"] + 1e-9  # held-out error is never better here
+
+
+def test_validate_cv_band_coverage_per_metric(cli, tmp_path):
+    rows = _sample_rows(2, 2, ("output_tokens_per_s", "ttft_ms"))
+    assert {r["metric"] for r in rows} == {"output_tokens_per_s", "ttft_ms"}
+    f = _write(tmp_path / "obs.csv", rows)
+    p = cli("validate", "--observations", str(f), "--cv", "--json")
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)["summary"]
+    by = s["p10_p90_band_coverage_by_metric"]
+    assert set(by) == {"output_tokens_per_s", "ttft_ms"}
+    assert all(0.0 <= v <= 1.0 for v in by.values())
+    n = {m: sum(r["metric"] == m for r in rows) for m in by}
+    overall = sum(by[m] * n[m] for m in by) / len(rows)
+    assert s["p10_p90_band_coverage"] == pytest.approx(overall)
 
 
 def test_calibrate_store_errors(cli, tmp_path):

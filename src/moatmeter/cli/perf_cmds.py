@@ -100,6 +100,7 @@ def predict_cmd(
     --model llama-3.1-70b --dtype bf16 --input 1024 --output 256 --concurrency 32
     """
     from moatmeter.perf import predict_deployment
+    from moatmeter.perf.calibrate import LATENCY_SPREAD
 
     if input_tokens < 0:
         raise InputError(f"--input must be ≥ 0, got {input_tokens}", field="input")
@@ -143,7 +144,10 @@ def predict_cmd(
     console.print(t)
     console.print(f"bottleneck: [bold]{p.bottleneck}[/]; saturation {p.saturation_rps:,.2f} req/s; "
                   f"efficiencies compute {p.eff_compute:.2f}, memory {p.eff_memory:.2f}, overhead "
-                  f"{p.overhead_ms:.1f} ms/step; σ {p.sigma:.2f} (P10–P90 band)", highlight=False)
+                  f"{p.overhead_ms:.1f} ms/step; σ {p.sigma:.2f} for throughput, "
+                  f"×{LATENCY_SPREAD['tpot']:g} for TPOT, ×{LATENCY_SPREAD['ttft']:g} for TTFT "
+                  "(P10–P90 bands)",
+                  highlight=False)
     console.print(f"calibration: {p.calibration_note}", highlight=False)
     for n in p.notes:
         console.print(f"note: {n}", highlight=False)

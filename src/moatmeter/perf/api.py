@@ -1,7 +1,8 @@
 """Public entry points: ``evaluate_grid`` (planner, vectorised) and ``predict_deployment`` (one).
 
 The uncertainty band P10–P90 is lognormal around the mean with the (stack, family) pair's
-calibrated log-space sigma: throughput × exp(±1.2816·σ), latencies the other way round.
+calibrated log-space sigma: throughput × exp(±1.2816·σ); latencies the other way round, with the
+wider sigma of their metric (``calibrate.metric_sigma``: TPOT 1.4 σ, TTFT 2 σ).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from moatmeter.catalog.modelarch import arch_of
 from moatmeter.catalog.schema import ModelEntry
 from moatmeter.errors import InputError
 from moatmeter.perf import memory as mem
-from moatmeter.perf.calibrate import Calibration
+from moatmeter.perf.calibrate import Calibration, metric_sigma
 from moatmeter.perf.deploy import Resolved, resolve
 from moatmeter.perf.serving import ServingPoint, closed_loop, goodput, open_loop
 from moatmeter.perf.speculative import speculation
@@ -179,7 +180,7 @@ class Prediction:
     eff_compute: float
     eff_memory: float
     overhead_ms: float
-    sigma: float
+    sigma: float  # log-space, throughput's; latencies' bands are wider (calibrate.metric_sigma)
     output_tokens_per_s_band: Band
     tpot_band: Band
     ttft_band: Band
@@ -395,8 +396,10 @@ def _prediction(r: Resolved, acc: str, stack: str, model: str, count: int, tp: i
         saturation_rps=float(sat.rate_rps[0]) * replicas if r.feasible[0] else 0.0,
         bottleneck=bott, eff_compute=float(s.eff_c[0]), eff_memory=float(s.eff_m[0]),
         overhead_ms=float(s.k["ov"][0] * 1e3), sigma=sigma,
-        output_tokens_per_s_band=_band(otps, sigma), tpot_band=_band(tpot, sigma),
-        ttft_band=_band(ttft, sigma), calibration_note=r.calib_note[0], notes=notes)
+        output_tokens_per_s_band=_band(otps, sigma),
+        tpot_band=_band(tpot, float(metric_sigma(sigma, "tpot"))),
+        ttft_band=_band(ttft, float(metric_sigma(sigma, "ttft"))),
+        calibration_note=r.calib_note[0], notes=notes)
 
 
 def single_stream_bound(catalog: Catalog, accelerator: str, model: str, weight_dtype: str,

@@ -21,6 +21,7 @@ from moatmeter.perf.calibrate import (
     default_calibration,
     dtype_class,
     fit,
+    metric_sigma,
     source_weights,
     trend_key,
 )
@@ -159,10 +160,16 @@ def loso_cv(cat: Catalog, rows: list[dict[str, str]],
                      for o in p.obs], dtype=bool)
     by["coverage"] = {"pair measured by another source": summary(a[seen]),
                       "pair only in the held-out source (fallback)": summary(a[~seen])}
-    # How often the measured value falls inside the predicted P10-P90 band (ideal: 80 %)
+    # How often the measured value falls inside the predicted P10-P90 band (ideal: 80 %), each
+    # metric with its own band (latencies' are wider)
+    msig = np.array([metric_sigma(sg, o.metric) for sg, o in zip(sigma, p.obs, strict=True)])
     with np.errstate(divide="ignore", invalid="ignore"):
-        inside = np.abs(np.log(pred / p.measured)) <= 1.2816 * sigma
-    band = float(np.mean(inside[np.isfinite(pred)])) if len(pred) else None
+        inside = np.abs(np.log(pred / p.measured)) <= 1.2816 * msig
+    ok = np.isfinite(pred)
+    band = float(np.mean(inside[ok])) if len(pred) else None
+    by_metric = {m: float(np.mean(inside[ok & (p.metric == m)]))
+                 for m in sorted(set(p.metric[ok]))}
     return _report(p, pred, skipped + sk2, {"cv": "leave-one-source-out",
                                             "sources": len(uniq), "by": by,
-                                            "p10_p90_band_coverage": band})
+                                            "p10_p90_band_coverage": band,
+                                            "p10_p90_band_coverage_by_metric": by_metric})
