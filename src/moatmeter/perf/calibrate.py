@@ -96,12 +96,6 @@ SIGMA_SCALE = 1.2
 # out. Their bands are these multiples of ``sigma``, chosen so that 80 % of held-out rows fall
 # inside them in the same cross-validation (TPOT 79 %, 68 rows; TTFT 81 %, 78 rows).
 LATENCY_SPREAD = {"tpot": 1.4, "ttft": 2.0}
-
-
-def metric_sigma(sigma: float | np.ndarray, metric: str) -> float | np.ndarray:
-    """The log-space sigma of one metric's P10-P90 band: ``sigma`` (throughput), widened for
-    TPOT and TTFT (``LATENCY_SPREAD``). ``metric`` as in observations ("tpot_ms") or bare."""
-    return sigma * LATENCY_SPREAD.get(metric.split("_")[0], 1.0)
 # soft-L1 transition: residuals beyond ~25 % count linearly. Re-chosen on the 825-row set with
 # the weight-format levels (LOSO CV median / p90 APE, rows beyond 35 %; external test): 0.15
 # 14.6/42.3 (129), 16.1/60.5; 0.25 14.6/41.2 (123), 16.0/59.8; 0.4 14.4/41.6 (125). Earlier sets
@@ -155,6 +149,12 @@ def product_line(acc: Any) -> str:
     """Vendor / device type / datacenter-or-client: the fallback level above the family."""
     where = "datacenter" if acc.form_factor == "datacenter" else "client"
     return f"{acc.vendor}/{acc.device_type}/{where}"
+
+
+def metric_sigma(sigma: float | np.ndarray, metric: str) -> float | np.ndarray:
+    """The log-space sigma of one metric's P10-P90 band: ``sigma`` (throughput), widened for
+    TPOT and TTFT (``LATENCY_SPREAD``). ``metric`` as in observations ("tpot_ms") or bare."""
+    return sigma * LATENCY_SPREAD.get(metric.split("_")[0], 1.0)
 
 
 def dtype_class(weight_dtype: str) -> str:
