@@ -5,7 +5,8 @@ script instead predicts rows kept *outside* the calibration set with the bundled
 user would: by default the 1,095 DeepSeek-R1 points of InferenceX's public benchmarks API snapshot
 (``benchmarks/data/inferencex_api_dsr1.csv``; see docs/observations.md, "External test set").
 It prints median and p90 absolute percentage error overall and per accelerator x stack x metric,
-and the median log bias of TTFT by concurrency, where the model is weakest.
+the median log bias of TTFT by concurrency, where the model is weakest, and how many measured
+values fall inside the predicted P10-P90 bands.
 
     python3 benchmarks/external_test.py [--observations FILE.csv] [--json]
 """
@@ -23,7 +24,7 @@ import numpy as np
 from moatmeter.catalog.load import load_catalog
 from moatmeter.errors import MoatError
 from moatmeter.perf.observations import read_observations
-from moatmeter.perf.validate import validate_rows
+from moatmeter.perf.validate import band_coverage, validate_rows
 
 DEFAULT = Path(__file__).parent / "data" / "inferencex_api_dsr1.csv"
 
@@ -73,6 +74,11 @@ def main() -> None:
     for k in ("1-8", "9-32", "33+"):
         if k in ttft:
             print(f"  {k:<6} {_stats(*ttft[k])}")
+    cov = band_coverage(load_catalog(), rows)
+    print(f"measured values inside the predicted P10-P90 band: "
+          f"{100 * cov['p10_p90_band_coverage']:.0f} % (ideal 80 %); per metric: "
+          + ", ".join(f"{k} {100 * v:.0f} %"
+                      for k, v in cov["p10_p90_band_coverage_by_metric"].items()))
 
 
 if __name__ == "__main__":

@@ -311,6 +311,30 @@ def test_validate_cv_band_coverage_per_metric(cli, tmp_path):
     assert s["p10_p90_band_coverage"] == pytest.approx(overall)
 
 
+def test_band_coverage_counts_rows_inside_each_metrics_band():
+    from moatmeter.perf.calibrate import bundled_path, metric_sigma
+    from moatmeter.perf.validate import band_coverage, validate_rows
+
+    cat = load_catalog()
+    rows = _sample_rows(2, 3, ("output_tokens_per_s", "ttft_ms"))
+    res = validate_rows(cat, rows)
+    err = {r["id"]: abs(math.log(r["predicted"] / r["measured"])) for r in res["rows"]}
+    metric = {r["id"]: r["metric"] for r in rows}
+    for spread in (0.0, 0.3, 100.0):
+        # every pair's spread set by hand: sigma = clip(spread x SIGMA_SCALE, 0.08, 1.5)
+        cal = Calibration.load(bundled_path())
+        for lv in cal.sigma:
+            cal.sigma[lv] = {k: spread for k in cal.sigma[lv]}
+        e = cal.lookup("vllm-cuda", "vllm", "Hopper", "nvidia/gpu/datacenter")
+        cov = band_coverage(cat, rows, cal)["p10_p90_band_coverage_by_metric"]
+        for m in ("output_tokens_per_s", "ttft_ms"):
+            ids = [i for i in err if metric[i] == m]
+            inside = [err[i] <= 1.2816 * metric_sigma(e.sigma, m) for i in ids]
+            assert cov[m] == pytest.approx(sum(inside) / len(ids))
+        if spread == 100.0:  # sigma at its 1.5 cap: every row within 6.8x (13x for TTFT)
+            assert cov == {"output_tokens_per_s": 1.0, "ttft_ms": 1.0}
+
+
 def test_calibrate_store_errors(cli, tmp_path):
     one_line_error(cli("calibrate", "--from-store", str(tmp_path / "none.db"), "--out",
                        str(tmp_path / "c.json")), "none.db", "not found")

@@ -160,16 +160,36 @@ def loso_cv(cat: Catalog, rows: list[dict[str, str]],
                      for o in p.obs], dtype=bool)
     by["coverage"] = {"pair measured by another source": summary(a[seen]),
                       "pair only in the held-out source (fallback)": summary(a[~seen])}
-    # How often the measured value falls inside the predicted P10-P90 band (ideal: 80 %), each
-    # metric with its own band (latencies' are wider)
-    msig = np.array([metric_sigma(sg, o.metric) for sg, o in zip(sigma, p.obs, strict=True)])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inside = np.abs(np.log(pred / p.measured)) <= 1.2816 * msig
-    ok = np.isfinite(pred)
-    band = float(np.mean(inside[ok])) if len(pred) else None
-    by_metric = {m: float(np.mean(inside[ok & (p.metric == m)]))
-                 for m in sorted(set(p.metric[ok]))}
+    band, by_metric = _coverage(p, pred, sigma)
     return _report(p, pred, skipped + sk2, {"cv": "leave-one-source-out",
                                             "sources": len(uniq), "by": by,
                                             "p10_p90_band_coverage": band,
                                             "p10_p90_band_coverage_by_metric": by_metric})
+
+
+def _coverage(p: Prepared, pred: np.ndarray, sigma: np.ndarray
+              ) -> tuple[float | None, dict[str, float]]:
+    """How often the measured value falls inside the predicted P10-P90 band (ideal: 80 %),
+    overall and per metric, each metric with its own band (latencies' are wider)."""
+    msig = np.array([metric_sigma(sg, o.metric) for sg, o in zip(sigma, p.obs, strict=True)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inside = np.abs(np.log(pred / p.measured)) <= 1.2816 * msig
+    ok = np.isfinite(pred)
+    band = float(np.mean(inside[ok])) if ok.any() else None
+    by_metric = {m: float(np.mean(inside[ok & (p.metric == m)]))
+                 for m in sorted(set(p.metric[ok]))}
+    return band, by_metric
+
+
+def band_coverage(cat: Catalog, rows: list[dict[str, str]], calib: Calibration | None = None
+                  ) -> dict[str, Any]:
+    """Share of rows whose measured value falls inside the band a calibration predicts (the
+    bundled one by default), overall and per metric: how honest the bands are on data it was not
+    fitted to (benchmarks/external_test.py)."""
+    obs, _ = map_rows(cat, rows)
+    calib = calib or default_calibration()
+    p, _ = prepare(cat, obs, calib)
+    sigma = np.zeros(len(p.obs))
+    pred = _with_calib(p, calib, sigma)
+    band, by_metric = _coverage(p, pred, sigma)
+    return {"p10_p90_band_coverage": band, "p10_p90_band_coverage_by_metric": by_metric}
