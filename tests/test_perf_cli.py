@@ -311,9 +311,9 @@ def test_validate_cv_band_coverage_per_metric(cli, tmp_path):
     assert s["p10_p90_band_coverage"] == pytest.approx(overall)
 
 
-def test_band_coverage_counts_rows_inside_each_metrics_band():
+def test_validate_counts_rows_inside_each_metrics_band():
     from moatmeter.perf.calibrate import bundled_path, metric_sigma
-    from moatmeter.perf.validate import band_coverage, validate_rows
+    from moatmeter.perf.validate import validate_rows
 
     cat = load_catalog()
     rows = _sample_rows(2, 3, ("output_tokens_per_s", "ttft_ms"))
@@ -326,7 +326,7 @@ def test_band_coverage_counts_rows_inside_each_metrics_band():
         for lv in cal.sigma:
             cal.sigma[lv] = {k: spread for k in cal.sigma[lv]}
         e = cal.lookup("vllm-cuda", "vllm", "Hopper", "nvidia/gpu/datacenter")
-        cov = band_coverage(cat, rows, cal)["p10_p90_band_coverage_by_metric"]
+        cov = validate_rows(cat, rows, cal)["summary"]["p10_p90_band_coverage_by_metric"]
         for m in ("output_tokens_per_s", "ttft_ms"):
             ids = [i for i in err if metric[i] == m]
             inside = [err[i] <= 1.2816 * metric_sigma(e.sigma, m) for i in ids]

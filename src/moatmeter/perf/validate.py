@@ -106,14 +106,19 @@ def calibrate_rows(cat: Catalog, rows: list[dict[str, str]], meta: dict[str, Any
 
 def validate_rows(cat: Catalog, rows: list[dict[str, str]], calib: Calibration | None = None
                   ) -> dict[str, Any]:
-    """The DESIGN.md `validate` contract: per-row predicted/measured/ape, summary, skipped."""
+    """The DESIGN.md `validate` contract: per-row predicted/measured/ape, summary, skipped; the
+    summary also says how many measured values fall inside the calibration's P10-P90 bands
+    (how honest the bands are on data it was not fitted to: benchmarks/external_test.py)."""
     obs, skipped = map_rows(cat, rows)
     calib = calib or default_calibration()
     if not obs:
         return {"rows": [], "summary": {**summary(np.array([])), "skipped": skipped}}
     p, sk2 = prepare(cat, obs, calib)
-    pred = _with_calib(p, calib)
-    return _report(p, pred, skipped + sk2)
+    sigma = np.zeros(len(p.obs))
+    pred = _with_calib(p, calib, sigma)
+    band, by_metric = _coverage(p, pred, sigma)
+    return _report(p, pred, skipped + sk2, {"p10_p90_band_coverage": band,
+                                             "p10_p90_band_coverage_by_metric": by_metric})
 
 
 def _report(p: Prepared, pred: np.ndarray, skipped: list[dict[str, str]],
@@ -179,17 +184,3 @@ def _coverage(p: Prepared, pred: np.ndarray, sigma: np.ndarray
     by_metric = {m: float(np.mean(inside[ok & (p.metric == m)]))
                  for m in sorted(set(p.metric[ok]))}
     return band, by_metric
-
-
-def band_coverage(cat: Catalog, rows: list[dict[str, str]], calib: Calibration | None = None
-                  ) -> dict[str, Any]:
-    """Share of rows whose measured value falls inside the band a calibration predicts (the
-    bundled one by default), overall and per metric: how honest the bands are on data it was not
-    fitted to (benchmarks/external_test.py)."""
-    obs, _ = map_rows(cat, rows)
-    calib = calib or default_calibration()
-    p, _ = prepare(cat, obs, calib)
-    sigma = np.zeros(len(p.obs))
-    pred = _with_calib(p, calib, sigma)
-    band, by_metric = _coverage(p, pred, sigma)
-    return {"p10_p90_band_coverage": band, "p10_p90_band_coverage_by_metric": by_metric}
