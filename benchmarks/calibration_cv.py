@@ -2,7 +2,8 @@
 
 For every source (document) in the observations, refit the calibration from the priors on all
 other sources and predict the held-out rows; print median and p90 absolute percentage error
-overall, per vendor, per stack, per metric and per source.
+overall, per vendor, per stack, per metric and per source; and, on the configurations that more
+than one source measured, how well the sources agree with each other (the data's noise floor).
 
     python3 benchmarks/calibration_cv.py [--observations FILE.csv ...] [--json]
 """
@@ -18,7 +19,7 @@ import numpy as np
 
 from moatmeter.catalog.load import load_catalog
 from moatmeter.perf.observations import bundled_observations, read_observations
-from moatmeter.perf.validate import loso_cv
+from moatmeter.perf.validate import loso_cv, source_agreement
 
 
 def _fmt(s: dict) -> str:
@@ -51,6 +52,16 @@ def main() -> None:
           f"{100 * s['p10_p90_band_coverage']:.0f} % (ideal 80 %); per metric: "
           + ", ".join(f"{k} {100 * v:.0f} %"
                       for k, v in s["p10_p90_band_coverage_by_metric"].items()))
+    agree = source_agreement(rows)
+    same = {r["id"] for r in agree["rows"]}
+    held = np.array([r["ape"] for r in cv["rows"] if r["id"] in same])
+    other = np.array([r["ape"] for r in agree["rows"]
+                      if r["id"] in {c["id"] for c in cv["rows"]}])
+    print(f"configurations measured by more than one source: "
+          f"{agree['summary']['configurations']}, {len(held)} of their rows modelled; each "
+          f"predicted by the other sources' figure: median {100 * np.median(other):.1f} %, p90 "
+          f"{100 * np.percentile(other, 90):.1f} %; by the held-out model: median "
+          f"{100 * np.median(held):.1f} %, p90 {100 * np.percentile(held, 90):.1f} %")
     for name in ("coverage", "vendor", "stack", "metric", "scenario"):
         print(f"per {name}:")
         for k, v in s["by"][name].items():

@@ -375,3 +375,25 @@ def test_calibrate_from_a_real_store(cli, tmp_path):
     d = json.loads(p.stdout)
     assert d["modelled"] >= 4 and "llamacpp-cuda|Ada" in d["pairs"]
     assert Calibration.load(out).counts["stack"]["llamacpp-cuda"] == d["modelled"]
+
+
+def test_source_agreement_predicts_each_row_from_the_other_sources():
+    from moatmeter.perf.validate import source_agreement
+
+    base = _sample_rows(1, 1)[0]
+    a = dict(base, id="a", source="doc A", value="100", engine_version="1.0")
+    b = dict(base, id="b", source="doc B", value="125", engine_version="2.0")
+    c = dict(base, id="c", source="doc C", value="80")
+    a2 = dict(a, id="a2", value="400")  # a second row of doc A: not "another source" for a
+    lone = dict(base, id="lone", source="doc B", value="50",
+                concurrency=str(float(base["concurrency"] or 1) + 1))  # another configuration
+    same_doc = [dict(base, id=f"s{i}", source="doc S", value=str(v), concurrency="999")
+                for i, v in enumerate((10, 20))]
+    res = source_agreement([a, b, c, a2, lone, *same_doc])
+    got = {r["id"]: r for r in res["rows"]}
+    assert set(got) == {"a", "b", "c", "a2"}  # one source alone says nothing about agreement
+    assert res["summary"]["configurations"] == 1 and res["summary"]["n"] == 4
+    assert got["a"]["predicted"] == pytest.approx(100.0)  # sqrt(125 x 80)
+    assert got["b"]["predicted"] == pytest.approx((100 * 400 * 80) ** (1 / 3))  # geometric mean
+    assert got["b"]["ape"] == pytest.approx(abs(got["b"]["predicted"] / 125 - 1))
+    assert got["a2"]["predicted"] == got["a"]["predicted"]

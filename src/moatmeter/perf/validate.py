@@ -172,6 +172,40 @@ def loso_cv(cat: Catalog, rows: list[dict[str, str]],
                                             "p10_p90_band_coverage_by_metric": by_metric})
 
 
+# What makes two observation rows the same configuration for ``source_agreement``: everything
+# but the software version, the document and the value (versions differ between sources, as they
+# do between a held-out source and the calibration).
+CONFIG_COLUMNS = ("accelerator", "count", "engine", "backend", "model", "weight_dtype", "kv_dtype",
+                  "scenario", "concurrency", "input_len", "output_len", "metric")
+
+
+def source_agreement(rows: list[dict[str, str]]) -> dict[str, Any]:
+    """How well one source's figure predicts another's for the very same configuration.
+
+    For every configuration that more than one source measured, each row is "predicted" by the
+    geometric mean of the other sources' values. No model can be expected to predict a held-out
+    source much better than the sources agree with each other, so this is the noise floor of the
+    published data that cross-validation is measured against.
+    """
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k, "").strip() for k in CONFIG_COLUMNS), []).append(r)
+    out: list[dict[str, Any]] = []
+    n_groups = 0
+    for members in groups.values():
+        if len({m["source"] for m in members}) < 2:
+            continue
+        n_groups += 1
+        for r in members:
+            others = [float(m["value"]) for m in members if m["source"] != r["source"]]
+            pred = float(np.exp(np.mean(np.log(others))))
+            meas = float(r["value"])
+            out.append({"id": r["id"], "predicted": pred, "measured": meas,
+                        "ape": abs(pred / meas - 1.0)})
+    a = np.array([r["ape"] for r in out])
+    return {"rows": out, "summary": {**summary(a), "configurations": n_groups}}
+
+
 def _coverage(p: Prepared, pred: np.ndarray, sigma: np.ndarray
               ) -> tuple[float | None, dict[str, float]]:
     """How often the measured value falls inside the predicted P10-P90 band (ideal: 80 %),
