@@ -52,6 +52,8 @@ def main() -> None:
           f"{100 * s['p10_p90_band_coverage']:.0f} % (ideal 80 %); per metric: "
           + ", ".join(f"{k} {100 * v:.0f} %"
                       for k, v in s["p10_p90_band_coverage_by_metric"].items()))
+    for k, v in s["p10_p90_band_coverage_by_coverage"].items():
+        print(f"  inside the band, {k}: {100 * v:.0f} %")
     agree = source_agreement(rows)
     same = {r["id"] for r in agree["rows"]}
     held = np.array([r["ape"] for r in cv["rows"] if r["id"] in same])

@@ -259,6 +259,28 @@ def test_weight_format_has_its_own_calibration_offset():
     assert dtype_class("mxfp4") != dtype_class("nvfp4") == "fp4"
 
 
+def test_a_class_or_format_the_pair_never_ran_widens_the_band():
+    """Held out, such rows miss twice as far as rows whose class and format the pair has data
+    for (calibrate.NEW_CLASS_WIDEN): the band says so."""
+    from moatmeter.perf.calibrate import NEW_CLASS_WIDEN
+
+    cal = Calibration.from_json(default_calibration().to_json())
+    cal.counts["pair_dtype"].pop("vllm-cuda|Hopper|fp8")
+    cal.counts["pair_arch"].pop("vllm-cuda|Hopper|mla-moe")
+    args = ("vllm-cuda", "vLLM", "Hopper", "nvidia/gpu/datacenter")
+    known = cal.lookup(*args, arch="dense", dclass="bf16")
+    fp8 = cal.lookup(*args, arch="dense", dclass="fp8")
+    mla = cal.lookup(*args, arch="mla-moe", dclass="bf16")
+    both = cal.lookup(*args, arch="mla-moe", dclass="fp8")
+    assert "widened" not in known.note and known.sigma < 1.5 / NEW_CLASS_WIDEN
+    assert fp8.sigma == pytest.approx(NEW_CLASS_WIDEN * known.sigma)
+    assert mla.sigma == pytest.approx(NEW_CLASS_WIDEN * known.sigma)
+    assert both.sigma == pytest.approx(NEW_CLASS_WIDEN * known.sigma)  # widened once, not twice
+    assert "none with fp8 weights: uncertainty widened" in fp8.note
+    assert "none with mla-moe models: uncertainty widened" in mla.note
+    assert "none with mla-moe models or fp8 weights" in both.note
+
+
 def test_unknown_ids_raise_one_line_errors():
     with pytest.raises(MoatError, match="unknown accelerator id 'h900'"):
         predict_deployment(CAT, accelerator="h900", count=1, tp=1, stack="vllm-cuda",

@@ -21,6 +21,7 @@ from moatmeter.perf.calibrate import (
     default_calibration,
     dtype_class,
     fit,
+    level_keys,
     metric_sigma,
     source_weights,
     trend_key,
@@ -157,19 +158,39 @@ def loso_cv(cat: Catalog, rows: list[dict[str, str]],
         for i, o in enumerate(p.obs):
             groups.setdefault(key(o), []).append(i)
         by[name] = {g: summary(a[ix]) for g, ix in sorted(groups.items())}
-    # Was the row's (stack, family) pair measured by some *other* source?
-    pair_src: dict[str, set[str]] = {}
+    # Was the row's (stack, family) pair - with its architecture class and weight format -
+    # measured by some *other* source?
+    measured_by: dict[tuple[str, str], set[str]] = {}
     for o in p.obs:
-        pair_src.setdefault(Calibration.pair_key(o.stack, o.family), set()).add(o.source)
-    seen = np.array([len(pair_src[Calibration.pair_key(o.stack, o.family)] - {o.source}) > 0
-                     for o in p.obs], dtype=bool)
-    by["coverage"] = {"pair measured by another source": summary(a[seen]),
-                      "pair only in the held-out source (fallback)": summary(a[~seen])}
+        for lv, k in _known_keys(o).items():
+            measured_by.setdefault((lv, k), set()).add(o.source)
+
+    def other(o: Any, lv: str) -> bool:
+        return len(measured_by[(lv, _known_keys(o)[lv])] - {o.source}) > 0
+
+    known: dict[str, list[int]] = {
+        "pair, architecture class and weight format measured by another source": [],
+        "pair measured by another source, not this class or format": [],
+        "pair only in the held-out source (fallback)": []}
+    names = list(known)
+    for i, o in enumerate(p.obs):
+        k = (0 if other(o, "pair_arch") and other(o, "pair_dtype") else 1) if other(o, "pair") \
+            else 2
+        known[names[k]].append(i)
+    by["coverage"] = {g: summary(a[ix]) for g, ix in known.items()}
+    band_by_cov = {g: _coverage(_subset(p, np.array(ix, int)), pred[ix], sigma[ix])[0]
+                   for g, ix in known.items() if ix}
     band, by_metric = _coverage(p, pred, sigma)
     return _report(p, pred, skipped + sk2, {"cv": "leave-one-source-out",
                                             "sources": len(uniq), "by": by,
                                             "p10_p90_band_coverage": band,
-                                            "p10_p90_band_coverage_by_metric": by_metric})
+                                            "p10_p90_band_coverage_by_metric": by_metric,
+                                            "p10_p90_band_coverage_by_coverage": band_by_cov})
+
+
+def _known_keys(o: Any) -> dict[str, str]:
+    keys = level_keys(o.line, o.family, o.engine, o.stack, o.arch, dtype_class(o.weight_dtype))
+    return {lv: keys[lv] for lv in ("pair", "pair_arch", "pair_dtype")}
 
 
 # What makes two observation rows the same configuration for ``source_agreement``: everything
