@@ -101,9 +101,11 @@ SIGMA_SCALE = 1.1
 NEW_CLASS_WIDEN = 2.0
 # Latencies scatter more than throughput around the same step model: TPOT adds the engine's
 # per-step jitter, TTFT the admission lag, queueing and client round trips that no source splits
-# out. Their bands are these multiples of ``sigma``, chosen so that 80 % of held-out rows fall
-# inside them in the same cross-validation (TPOT 79 %, 68 rows; TTFT 81 %, 78 rows).
-LATENCY_SPREAD = {"tpot": 1.4, "ttft": 2.0}
+# out. Their bands are these multiples of ``sigma``, each the smallest of 1.0, 1.1, 1.2, ... that
+# puts 80 % of held-out rows inside in the same cross-validation (TPOT 84 % of 68 rows, 78 % at
+# 1.0; TTFT 81 % of 78 rows, 79 % at 1.8). Before ``NEW_CLASS_WIDEN`` they were 1.4 and 2.0: the
+# latencies' misses were mostly on formats and classes the pair had not run.
+LATENCY_SPREAD = {"tpot": 1.1, "ttft": 1.9}
 # soft-L1 transition: residuals beyond ~25 % count linearly. Re-chosen on the 825-row set with
 # the weight-format levels (LOSO CV median / p90 APE, rows beyond 35 %; external test): 0.15
 # 14.6/42.3 (129), 16.1/60.5; 0.25 14.6/41.2 (123), 16.0/59.8; 0.4 14.4/41.6 (125). Earlier sets
