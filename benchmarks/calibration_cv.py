@@ -54,11 +54,11 @@ def main() -> None:
                       for k, v in s["p10_p90_band_coverage_by_metric"].items()))
     for k, v in s["p10_p90_band_coverage_by_coverage"].items():
         print(f"  inside the band, {k}: {100 * v:.0f} %")
+    # the sources' agreement and the held-out model, on the same rows
     agree = source_agreement(rows)
-    same = {r["id"] for r in agree["rows"]}
-    held = np.array([r["ape"] for r in cv["rows"] if r["id"] in same])
-    other = np.array([r["ape"] for r in agree["rows"]
-                      if r["id"] in {c["id"] for c in cv["rows"]}])
+    modelled = {r["id"]: r["ape"] for r in cv["rows"]}
+    other = np.array([r["ape"] for r in agree["rows"] if r["id"] in modelled])
+    held = np.array([modelled[r["id"]] for r in agree["rows"] if r["id"] in modelled])
     print(f"configurations measured by more than one source: "
           f"{agree['summary']['configurations']}, {len(held)} of their rows modelled; each "
           f"predicted by the other sources' figure: median {100 * np.median(other):.1f} %, p90 "
