@@ -21,7 +21,6 @@ from moatmeter.perf.calibrate import (
     default_calibration,
     dtype_class,
     fit,
-    level_keys,
     metric_sigma,
     source_weights,
     trend_key,
@@ -160,21 +159,22 @@ def loso_cv(cat: Catalog, rows: list[dict[str, str]],
         by[name] = {g: summary(a[ix]) for g, ix in sorted(groups.items())}
     # Was the row's (stack, family) pair - with its architecture class and weight format -
     # measured by some *other* source?
+    row_keys = rows_keys(p)
     measured_by: dict[tuple[str, str], set[str]] = {}
-    for o in p.obs:
-        for lv, k in _known_keys(o).items():
-            measured_by.setdefault((lv, k), set()).add(o.source)
+    for o, keys in zip(p.obs, row_keys, strict=True):
+        for lv in ("pair", "pair_arch", "pair_dtype"):
+            measured_by.setdefault((lv, keys[lv]), set()).add(o.source)
 
-    def other(o: Any, lv: str) -> bool:
-        return len(measured_by[(lv, _known_keys(o)[lv])] - {o.source}) > 0
+    def other(i: int, lv: str) -> bool:
+        return len(measured_by[(lv, row_keys[i][lv])] - {p.obs[i].source}) > 0
 
     known: dict[str, list[int]] = {
         "pair, architecture class and weight format measured by another source": [],
         "pair measured by another source, not this class or format": [],
         "pair only in the held-out source (fallback)": []}
     names = list(known)
-    for i, o in enumerate(p.obs):
-        k = (0 if other(o, "pair_arch") and other(o, "pair_dtype") else 1) if other(o, "pair") \
+    for i in range(len(p.obs)):
+        k = (0 if other(i, "pair_arch") and other(i, "pair_dtype") else 1) if other(i, "pair") \
             else 2
         known[names[k]].append(i)
     by["coverage"] = {g: summary(a[ix]) for g, ix in known.items()}
@@ -186,11 +186,6 @@ def loso_cv(cat: Catalog, rows: list[dict[str, str]],
                                             "p10_p90_band_coverage": band,
                                             "p10_p90_band_coverage_by_metric": by_metric,
                                             "p10_p90_band_coverage_by_coverage": band_by_cov})
-
-
-def _known_keys(o: Any) -> dict[str, str]:
-    keys = level_keys(o.line, o.family, o.engine, o.stack, o.arch, dtype_class(o.weight_dtype))
-    return {lv: keys[lv] for lv in ("pair", "pair_arch", "pair_dtype")}
 
 
 # What makes two observation rows the same configuration for ``source_agreement``: everything
