@@ -290,10 +290,9 @@ class Calibration:
         keys = level_keys(line, family, engine, stack, arch, dclass)
         if n_pair > 0:
             # (a calibration file without the level's counts says nothing either way)
-            seen = {lv: not self.counts.get(lv) or self.counts[lv].get(keys[lv], 0) > 0
-                    for lv in ("pair_arch", "pair_dtype")}
-            unseen = ([] if seen["pair_arch"] else [f"{arch} models"]) + (
-                [] if seen["pair_dtype"] else [f"{dclass} weights"])
+            unseen = [what for lv, what in (("pair_arch", f"{arch} models"),
+                                            ("pair_dtype", f"{dclass} weights"))
+                      if self.counts.get(lv) and not self.counts[lv].get(keys[lv], 0)]
             if unseen:
                 sig *= NEW_CLASS_WIDEN
                 note += f" (none with {' or '.join(unseen)}: uncertainty widened)"
