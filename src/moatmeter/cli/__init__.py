@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 
 import typer
@@ -36,6 +38,26 @@ perf_cmds.register(app)
 plan_cmds.register(app)
 bench_serve_cmds.register(app, bench_app)
 bench_device_cmds.register(app, bench_app)
+
+
+def _unwrap(text: str) -> str:
+    """Join the hard-wrapped lines of each help paragraph, so rich wraps it to the terminal's width
+    (its "rich" markup mode keeps source line breaks) and each example stays one command line."""
+    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(text))
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def _unwrap_help(typer_app: typer.Typer) -> None:
+    for cmd in typer_app.registered_commands:
+        doc = cmd.help or (cmd.callback.__doc__ if cmd.callback else None)
+        if doc:
+            cmd.help = _unwrap(doc)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _unwrap_help(group.typer_instance)
+
+
+_unwrap_help(app)
 
 
 def main() -> None:
