@@ -397,3 +397,27 @@ def test_source_agreement_predicts_each_row_from_the_other_sources():
     assert got["b"]["predicted"] == pytest.approx((100 * 400 * 80) ** (1 / 3))  # geometric mean
     assert got["b"]["ape"] == pytest.approx(abs(got["b"]["predicted"] / 125 - 1))
     assert got["a2"]["predicted"] == got["a"]["predicted"]
+
+
+def test_validate_report_beside_unchanged_json(cli, tmp_path):
+    """--report writes the page and leaves the JSON contract as it was; the page's rows carry the
+    held-out bands the summary's coverage counts."""
+    rows = _sample_rows(2, 3)
+    f = _write(tmp_path / "obs.csv", rows)
+    page = tmp_path / "cv.html"
+    p = cli("validate", "--observations", str(f), "--cv", "--json", "--report", str(page))
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert set(d) == {"rows", "summary"} and f"report: {page}" in p.stderr
+    html = page.read_text(encoding="utf-8")
+    assert "Leave-one-source-out cross-validation over 2 sources" in html
+    assert f"{d['summary']['n']} rows: median APE <b>{d['summary']['median_ape']:.1%}</b>" in html
+    from moatmeter.catalog.load import load_catalog
+    from moatmeter.perf.validate import loso_cv
+
+    det = loso_cv(load_catalog(), rows, details=True)["details"]
+    assert [r["id"] for r in det] == [r["id"] for r in d["rows"]]
+    inside = sum(r["p10"] <= r["measured"] <= r["p90"] for r in det) / len(det)
+    assert inside == pytest.approx(d["summary"]["p10_p90_band_coverage"])
+    for r in det:
+        assert r["p10"] < r["predicted"] < r["p90"] and r["source"] and r["vendor"]

@@ -15,14 +15,35 @@ from pathlib import Path
 import pytest
 
 from moatmeter.catalog.load import load_catalog
+from moatmeter.perf.observations import bundled_observations, read_observations
+from moatmeter.perf.validate import validate_rows
 from moatmeter.plan import plan
 from moatmeter.report.html import figures, plotly_js, render, write_report
+from moatmeter.report.validation import figures as validation_figures
+from moatmeter.report.validation import write_validation_report
 from moatmeter.scenario import scenario_from_dict
 
 EVIL = '<img src=x onerror="document.body.setAttribute(\'data-pwned\', 1)">'
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run",
          "--disable-default-apps", "--virtual-time-budget=20000"]
+
+
+def _titles(figs: dict) -> int:
+    """Titles the figures ask for: the figure's, its x axis' and its y axis'."""
+    n = 0
+    for f in figs.values():
+        lay = f["layout"]
+        for t in (lay.get("title"), lay.get("xaxis", {}).get("title"),
+                  lay.get("yaxis", {}).get("title")):
+            if t is not None:
+                assert isinstance(t, dict) and t["text"], t
+                n += 1
+    return n
+
+
+def _drawn_titles(dom: str) -> int:
+    return len(re.findall(r'<text class="[gxy]title"[^>]*data-unformatted="[^"]+"', dom))
 
 
 def _chromium() -> str:
@@ -85,6 +106,8 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert html.count('class="plot-container plotly"') == n
     assert len(re.findall(r'<svg class="main-svg"', html)) >= 2 * n
     assert f'data-plots="{n}"' in html
+    # Every figure, x and y title was drawn (plotly.js 3 silently drops a bare-string title).
+    assert _drawn_titles(html) == _titles(figures(d)) > n
     # The page's error collector stayed empty and the console logged no error.
     m = re.search(r'<div id="js-errors"([^>]*)>(.*?)</div>', html, re.S)
     assert m and "data-count" not in m.group(1) and m.group(2).strip() == ""
@@ -105,3 +128,32 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     keep = Path(__file__).resolve().parents[1] / "build" / "report-screenshot.png"
     keep.parent.mkdir(exist_ok=True)
     keep.write_bytes(png)  # for a human to look at after a run
+
+
+def test_validation_report_renders_in_headless_chromium(tmp_path):
+    """`validate --report`: four figures drawn with their titles, no JavaScript error, row and
+    source text escaped, the same summary as the JSON."""
+    rows = read_observations(bundled_observations())[:120]
+    rows[0] = {**rows[0], "id": f"evil-{EVIL}", "source": f"</script>{EVIL}"}
+    res = validate_rows(load_catalog(), rows, details=True)
+    path = write_validation_report(res, tmp_path / "validate.html", f"title {EVIL}")
+    page = path.read_text(encoding="utf-8")
+    assert EVIL not in page and "&lt;img src=x onerror=" in page
+    assert f"{res['summary']['n']} rows: median APE <b>{res['summary']['median_ape']:.1%}</b>" \
+        in page
+    dom = subprocess.run(
+        [_chromium(), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+         "--v=0", "--dump-dom", path.resolve().as_uri()],
+        capture_output=True, text=True, timeout=180)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    figs = validation_figures(res["details"])
+    assert list(figs) == ["ratio", "throughput", "latency", "cdf"]
+    assert html.count('class="plot-container plotly"') == 4 and 'data-plots="4"' in html
+    assert _drawn_titles(html) == _titles(figs) == 11
+    # One marker per modelled row across the vendor traces of the ratio strip.
+    assert sum(len(t["y"]) for t in figs["ratio"]["data"]) == res["summary"]["n"]
+    m = re.search(r'<div id="js-errors"([^>]*)>(.*?)</div>', html, re.S)
+    assert m and "data-count" not in m.group(1) and m.group(2).strip() == ""
+    assert "Uncaught" not in dom.stderr
+    assert not re.search(r"<body[^>]*data-pwned", html)

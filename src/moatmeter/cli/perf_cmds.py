@@ -171,6 +171,9 @@ def validate_cmd(
     calibration: Annotated[Path | None, typer.Option("--calibration", help="Calibration JSON "
                            "to use instead of the bundled one.")] = None,
     catalog: CatalogOpt = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Also write a self-contained HTML page: predicted vs measured with "
+        "bands, error distribution per vendor, breakdowns, worst rows.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Predict every observation row and compare with the measured value (APE).
@@ -180,6 +183,8 @@ def validate_cmd(
     a fit that saw it; the summary then breaks the error down per vendor, stack and metric.
 
     Example:  moatmeter validate --observations my_runs.csv --json
+
+    Example:  moatmeter validate --cv --report cv.html
     """
     from moatmeter.perf.calibrate import Calibration
     from moatmeter.perf.observations import bundled_observations, read_observations
@@ -192,10 +197,18 @@ def validate_cmd(
     if cv:
         with _progress() as prog:
             task = prog.add_task("cross-validating (leave one source out)", total=None)
-            res = loso_cv(cat, rows, progress=lambda k, n: prog.update(task, completed=k, total=n))
+            res = loso_cv(cat, rows, progress=lambda k, n: prog.update(task, completed=k, total=n),
+                          details=report is not None)
     else:
         cal = Calibration.load(calibration) if calibration else None
-        res = validate_rows(cat, rows, cal)
+        res = validate_rows(cat, rows, cal, details=report is not None)
+    if report is not None:
+        from moatmeter.report.validation import write_validation_report
+
+        names = ", ".join(f.name for f in observations or [bundled_observations()])
+        write_validation_report(res, report, f"{names}{' (leave-one-source-out)' if cv else ''}")
+        res.pop("details")
+        err_console.print(f"report: {report}", highlight=False)
     if json_out:
         print_json(res)
         return

@@ -104,36 +104,59 @@ def calibrate_rows(cat: Catalog, rows: list[dict[str, str]], meta: dict[str, Any
     return Fitted(cal, p, skipped + sk2, resid)
 
 
-def validate_rows(cat: Catalog, rows: list[dict[str, str]], calib: Calibration | None = None
-                  ) -> dict[str, Any]:
+def validate_rows(cat: Catalog, rows: list[dict[str, str]], calib: Calibration | None = None,
+                  details: bool = False) -> dict[str, Any]:
     """The DESIGN.md `validate` contract: per-row predicted/measured/ape, summary, skipped; the
     summary also says how many measured values fall inside the calibration's P10-P90 bands
-    (how honest the bands are on data it was not fitted to: benchmarks/external_test.py)."""
+    (how honest the bands are on data it was not fitted to: benchmarks/external_test.py).
+    ``details`` adds a "details" list (each row's source, vendor, stack, metric and band) for the
+    HTML report; it is not part of the contract."""
     obs, skipped = map_rows(cat, rows)
     calib = calib or default_calibration()
     if not obs:
-        return {"rows": [], "summary": {**summary(np.array([])), "skipped": skipped}}
+        out = {"rows": [], "summary": {**summary(np.array([])), "skipped": skipped}}
+        return {**out, "details": []} if details else out
     p, sk2 = prepare(cat, obs, calib)
     sigma = np.zeros(len(p.obs))
     pred = _with_calib(p, calib, sigma)
     band, by_metric = _coverage(p, pred, sigma)
     return _report(p, pred, skipped + sk2, {"p10_p90_band_coverage": band,
-                                             "p10_p90_band_coverage_by_metric": by_metric})
+                                             "p10_p90_band_coverage_by_metric": by_metric},
+                   sigma if details else None)
 
 
 def _report(p: Prepared, pred: np.ndarray, skipped: list[dict[str, str]],
-            extra: dict[str, Any] | None = None) -> dict[str, Any]:
+            extra: dict[str, Any] | None = None, sigma: np.ndarray | None = None
+            ) -> dict[str, Any]:
     a = ape(pred, p.measured)
     rows = [{"id": o.id, "predicted": float(pred[i]), "measured": float(p.measured[i]),
              "ape": float(a[i])} for i, o in enumerate(p.obs)]
-    out = {"rows": rows, "summary": {**summary(a), "skipped": skipped}}
+    out: dict[str, Any] = {"rows": rows, "summary": {**summary(a), "skipped": skipped}}
     out["summary"].update(extra or {})
+    if sigma is not None:
+        out["details"] = _details(p, pred, a, sigma)
+    return out
+
+
+def _details(p: Prepared, pred: np.ndarray, a: np.ndarray, sigma: np.ndarray
+             ) -> list[dict[str, Any]]:
+    """Each row with what a reader groups and filters by, and its predicted P10-P90 band."""
+    out = []
+    for i, o in enumerate(p.obs):
+        half = 1.2816 * metric_sigma(float(sigma[i]), o.metric)
+        out.append({"id": o.id, "source": o.source, "vendor": o.vendor, "stack": o.stack,
+                    "accelerator": o.accelerator, "model": o.model, "metric": o.metric,
+                    "scenario": o.scenario, "predicted": float(pred[i]),
+                    "measured": float(p.measured[i]), "ape": float(a[i]),
+                    "p10": float(pred[i] * np.exp(-half)), "p90": float(pred[i] * np.exp(half))})
     return out
 
 
 def loso_cv(cat: Catalog, rows: list[dict[str, str]],
-            progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Leave-one-source-out predictions for every modelable row, with breakdowns."""
+            progress: Callable[[int, int], None] | None = None, details: bool = False
+            ) -> dict[str, Any]:
+    """Leave-one-source-out predictions for every modelable row, with breakdowns (``details``:
+    as in ``validate_rows``, with each row's held-out band)."""
     obs, skipped = map_rows(cat, rows)
     p, sk2 = prepare(cat, obs, Calibration())
     sources = np.array([o.source for o in p.obs])
@@ -185,7 +208,8 @@ def loso_cv(cat: Catalog, rows: list[dict[str, str]],
                                             "sources": len(uniq), "by": by,
                                             "p10_p90_band_coverage": band,
                                             "p10_p90_band_coverage_by_metric": by_metric,
-                                            "p10_p90_band_coverage_by_coverage": band_by_cov})
+                                            "p10_p90_band_coverage_by_coverage": band_by_cov},
+                   sigma if details else None)
 
 
 # What makes two observation rows the same configuration for ``source_agreement``: everything

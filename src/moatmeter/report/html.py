@@ -96,7 +96,7 @@ def figures(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                             "<extra></extra>"})
     stacked = {"data": stack_data, "layout": {
         **base_layout, "barmode": "stack", "title": {"text": "Mean TCO breakdown over the horizon"},
-        "yaxis": {"autorange": "reversed", "automargin": True}, "xaxis": {"title": "USD"},
+        "yaxis": {"autorange": "reversed", "automargin": True}, "xaxis": {"title": {"text": "USD"}},
         "height": max(420, 28 * len(opts) + 160)}}
     # $/M tokens with P10-P90 error bars.
     p50 = [_num(o["usd_per_mtok_p50"]) for o in opts]
@@ -109,7 +109,7 @@ def figures(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
                          "hovertemplate": "%{x}<br>P50 $%{y:.3f} per M tokens<extra></extra>"}],
                "layout": {**base_layout, "title": {"text": "$ per million tokens: P50 with "
                                                             "P10-P90 bars"},
-                          "yaxis": {"title": "USD / M tokens (input+output)"},
+                          "yaxis": {"title": {"text": "USD / M tokens (input+output)"}},
                           "xaxis": {"automargin": True, "tickangle": -35}, "height": 520}}
     # Pareto: cost vs interactivity.
     pts = [o for o in d["options"] if o.get("interactivity_tok_s")]
@@ -125,8 +125,8 @@ def figures(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
          "marker": {"size": 11, "color": "#e45756"}, "line": {"color": "#e45756"},
          "hovertemplate": "%{text}<extra></extra>"}],
         "layout": {**base_layout, "title": {"text": "Cost vs interactivity (Pareto front)"},
-                   "xaxis": {"title": "tokens/s per user at goodput (1 / TPOT p95)"},
-                   "yaxis": {"title": "P50 USD / M tokens", "type": "log"}}}
+                   "xaxis": {"title": {"text": "tokens/s per user at goodput (1 / TPOT p95)"}},
+                   "yaxis": {"title": {"text": "P50 USD / M tokens"}, "type": "log"}}}
     figs = {"breakdown": stacked, "usd_per_mtok": permtok, "pareto": pareto}
     for key in ("tornado", "tornado_own"):
         if d.get(key):
@@ -152,7 +152,7 @@ def _tornado(tor: dict[str, Any], base_layout: dict[str, Any]) -> dict[str, Any]
         "layout": {**base_layout, "barmode": "overlay",
                    "title": {"text": "Sensitivity of " + _e(tor.get("option", "")) +
                              f" ($/M tokens; base case ${base:.3f}, one input at a time)"},
-                   "xaxis": {"title": "USD / M tokens"}, "yaxis": {"automargin": True},
+                   "xaxis": {"title": {"text": "USD / M tokens"}}, "yaxis": {"automargin": True},
                    "height": max(380, 30 * len(bars) + 140)}}
     return tornado
 
