@@ -5,7 +5,7 @@ other sources and predict the held-out rows; print median and p90 absolute perce
 overall, per vendor, per stack, per metric and per source; and, on the configurations that more
 than one source measured, how well the sources agree with each other (the data's noise floor).
 
-    python3 benchmarks/calibration_cv.py [--observations FILE.csv ...] [--json]
+    python3 benchmarks/calibration_cv.py [--observations FILE.csv ...] [--json] [--report cv.html]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--observations", nargs="*", default=None)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--report", default=None, help="also write the held-out rows as an HTML page")
     args = ap.parse_args()
     cat = load_catalog()
     rows = []
@@ -39,8 +40,12 @@ def main() -> None:
         rows += read_observations(f)
     src = {r["id"]: r["source"] for r in rows}
     t0 = time.perf_counter()
-    cv = loso_cv(cat, rows)
+    cv = loso_cv(cat, rows, details=args.report is not None)
     dt = time.perf_counter() - t0
+    if args.report:
+        from moatmeter.report.validation import write_validation_report
+
+        write_validation_report(cv, args.report, "bundled observations (leave-one-source-out)")
     s = cv["summary"]
     if args.json:
         print(json.dumps(s, indent=1))
