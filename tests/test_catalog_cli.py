@@ -184,3 +184,19 @@ def test_unknown_id_and_kind_are_user_errors() -> None:
     with pytest.raises(InputError, match="unknown kind 'gpus'"):
         invoke(app, ["catalog", "list", "gpus"], env={"MOATMETER_CATALOG": ""},
                catch_exceptions=False)
+
+
+def test_tables_redirected_to_a_file_are_not_cut() -> None:
+    """Piped or redirected (no terminal, no $COLUMNS), the table is not fitted to 80 columns: every
+    column and every number is whole."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "MOATMETER_CATALOG")}
+    p = subprocess.run([sys.executable, "-m", "moatmeter", "catalog", "list", "accelerators"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "…" not in p.stdout
+    h100 = next(line for line in p.stdout.splitlines() if line.strip().startswith("h100-sxm "))
+    assert h100.split() == ["h100-sxm", "nvidia", "Hopper", "dc", "80", "3,350", "989", "1,979",
+                            "700", "30,000", "sheet"]

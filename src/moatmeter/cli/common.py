@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +14,10 @@ from rich.console import Console
 
 from moatmeter.catalog.load import Catalog, load_catalog
 
-console = Console()
+# Redirected to a file or a pipe, rich would fit tables to 80 columns and cut numbers short
+# ("30,…"); there is no terminal to fit, so give them room ($COLUMNS still wins).
+PIPED_WIDTH = 200
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
 err_console = Console(stderr=True)
 
 CatalogOpt = Annotated[
