@@ -152,9 +152,9 @@ def render(result: dict[str, Any], title: str) -> str:
     cv = s.get("cv")
     how = (f"Leave-one-source-out cross-validation over {s.get('sources')} sources: every row is "
            "predicted by a calibration refitted without its whole source document."
-           if cv else "In-sample: every row is predicted by the calibration given (the bundled "
-           "one unless --calibration), which may have been fitted to these very rows; use --cv "
-           "for held-out errors.")
+           if cv else "Every row is predicted by the calibration given (the bundled one unless "
+           "--calibration). Rows that calibration was fitted to (the bundled observations are) "
+           "get in-sample errors; --cv gives held-out ones.")
     med, p90 = s["median_ape"], s["p90_ape"]
     headline = ("<p class='headline'>No row could be modelled.</p>" if not s["n"] else
                 f"<p class='headline'>{s['n']} rows: median APE <b>{med:.1%}</b>, p90 "
