@@ -180,6 +180,33 @@ tokens served within the SLO in each draw.</li>
 """
 
 
+def figure_scripts(figs: dict[str, dict[str, Any]]) -> str:
+    """The page's scripts: an error collector (tests read it), plotly.js inlined, and one plot per
+    figure into the element ``fig-<key>``; the body's ``data-plots`` says how many were drawn."""
+    return ("""<div id="js-errors" style="display:none"></div>
+<script>
+window.__moatErrors = [];
+window.addEventListener('error', function (e) {
+  window.__moatErrors.push(String(e.message));
+  var el = document.getElementById('js-errors');
+  el.setAttribute('data-count', window.__moatErrors.length);
+  el.textContent = window.__moatErrors.join('\\n');
+});
+</script>
+<script>""" + plotly_js() + """</script>
+<script>
+(function () {
+  var figs = """ + _safe_json(figs) + """;
+  var cfg = {displaylogo: false, responsive: true, staticPlot: false};
+  Object.keys(figs).forEach(function (k) {
+    Plotly.newPlot('fig-' + k, figs[k].data, figs[k].layout, cfg);
+  });
+  document.body.setAttribute('data-plots', Object.keys(figs).length);
+})();
+</script>
+""")
+
+
 def _table(headers: list[str], rows: list[list[Any]], cls: str = "") -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "\n".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
@@ -260,27 +287,7 @@ stack is sampled from the performance model's uncertainty (eff_sigma).</p>
 {assum}
 <h2>Rejected candidates</h2>
 {rejected}
-<div id="js-errors" style="display:none"></div>
-<script>
-window.__moatErrors = [];
-window.addEventListener('error', function (e) {{
-  window.__moatErrors.push(String(e.message));
-  var el = document.getElementById('js-errors');
-  el.setAttribute('data-count', window.__moatErrors.length);
-  el.textContent = window.__moatErrors.join('\\n');
-}});
-</script>
-<script>{plotly_js()}</script>
-<script>
-(function () {{
-  var figs = {_safe_json(figs)};
-  var cfg = {{displaylogo: false, responsive: true, staticPlot: false}};
-  Object.keys(figs).forEach(function (k) {{
-    Plotly.newPlot('fig-' + k, figs[k].data, figs[k].layout, cfg);
-  }});
-  document.body.setAttribute('data-plots', Object.keys(figs).length);
-}})();
-</script>
+{figure_scripts(figs)}
 </body></html>
 """
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from moatmeter.errors import InputError
-from moatmeter.report.html import CSP, _clean, _e, _safe_json, _table, plotly_js
+from moatmeter.report.html import CSP, _clean, _e, _table, figure_scripts
 
 VENDOR_COLORS = {"nvidia": "#76b900", "amd": "#ed1c24", "intel": "#0071c5", "apple": "#555555"}
 TARGET_MEDIAN, TARGET_P90 = 0.15, 0.35
@@ -188,27 +188,7 @@ table.worst td:last-child, table.by td:first-child {{ max-width: 560px; }}
 {worst_t}
 <h2>Skipped rows</h2>
 {skipped}
-<div id="js-errors" style="display:none"></div>
-<script>
-window.__moatErrors = [];
-window.addEventListener('error', function (e) {{
-  window.__moatErrors.push(String(e.message));
-  var el = document.getElementById('js-errors');
-  el.setAttribute('data-count', window.__moatErrors.length);
-  el.textContent = window.__moatErrors.join('\\n');
-}});
-</script>
-<script>{plotly_js()}</script>
-<script>
-(function () {{
-  var figs = {_safe_json(figs)};
-  var cfg = {{displaylogo: false, responsive: true}};
-  Object.keys(figs).forEach(function (k) {{
-    Plotly.newPlot('fig-' + k, figs[k].data, figs[k].layout, cfg);
-  }});
-  document.body.setAttribute('data-plots', Object.keys(figs).length);
-}})();
-</script>
+{figure_scripts(figs)}
 </body></html>
 """
 
