@@ -1106,3 +1106,34 @@ def test_per_sequence_cpu_work_only_without_an_overlap_scheduler():
         assert gap == pytest.approx(b * PER_SEQ_CPU_S)
         assert decode_step(plain, batch, ctx).overhead[0] == pytest.approx(
             decode_step(ovl, batch, ctx).overhead[0] + b * PER_SEQ_CPU_S)
+
+
+def test_a_batch_far_beyond_the_stacks_calibration_rows_is_noted():
+    """`max_users_seen` keeps, per stack, the deepest batch its rows ran (prompt-processing rows
+    say nothing about batched decode); `predict` names a deployment that goes EXTRAPOLATED_USERS
+    times beyond it, and only then."""
+    from types import SimpleNamespace as O
+
+    from moatmeter.perf.api import EXTRAPOLATED_USERS
+    from moatmeter.perf.validate import max_users_seen
+
+    rows = [O(stack="a", scenario="single_stream", concurrency=1.0, replicas=1.0, engine="x"),
+            O(stack="a", scenario="prefill_only", concurrency=math.nan, replicas=1.0, engine="x"),
+            O(stack="b", scenario="fixed_concurrency", concurrency=64.0, replicas=2.0, engine="x"),
+            O(stack="b", scenario="offline", concurrency=math.nan, replicas=1.0,
+              engine="TensorRT-LLM")]
+    assert max_users_seen(rows) == {"a": 1.0, "b": 8192.0}
+    cal = Calibration.from_json(default_calibration().to_json())
+    cal.meta["max_users_seen"] = {"llamacpp-cuda": 2.0, "vllm-cuda": 2.0}
+    kw = dict(accelerator="h100-sxm", count=1, tp=1, model="llama-3.1-8b", weight_dtype="bf16",
+              input_tokens=512, output_tokens=128, calib=cal)
+
+    def noted(stack: str, users: float) -> bool:
+        p = predict_deployment(CAT, stack=stack, concurrency=users, **kw)
+        return any("extrapolated from lighter loads" in n for n in p.notes)
+
+    assert not noted("llamacpp-cuda", 2.0 * EXTRAPOLATED_USERS)
+    assert noted("llamacpp-cuda", 2.0 * EXTRAPOLATED_USERS + 1)
+    assert noted("vllm-cuda", 64)
+    del cal.meta["max_users_seen"]["vllm-cuda"]  # a stack the file says nothing about: no note
+    assert not noted("vllm-cuda", 64)

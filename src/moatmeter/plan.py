@@ -18,6 +18,8 @@ import numpy as np
 from moatmeter.catalog.load import Catalog
 from moatmeter.catalog.schema import Accelerator, Stack
 from moatmeter.errors import InputError
+from moatmeter.perf.api import EXTRAPOLATED_USERS
+from moatmeter.perf.calibrate import default_calibration
 from moatmeter.perf.types import SLO, DeploymentGrid, Workload
 from moatmeter.scenario import DEFAULTS_DOC, MLPERF_SLO_SOURCE, Scenario, as_range, check_ids
 from moatmeter.scenario import resolve_model as _resolve_model
@@ -340,7 +342,8 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
             note="; ".join(x for x in (
                 res.calibration_note[i] if i < len(res.calibration_note) else "",
                 "speculative decoding on" if i < len(res.speculating) and res.speculating[i]
-                else "") if x))
+                else "", _extrapolated(c.stack.id, gp * (float(res.ttft_p95_s[i])
+                                                          + t.out_tok * tpot))) if x))
         own.append(o)
         meta.append({"price_row": pr[0], "group": groups[key], "mig": mig, "stack": c.stack,
                      "acc": c.acc, "kv": c.kv})
@@ -552,6 +555,16 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
                      "performance fall short of peak demand; those tokens are not counted.")
     return PlanResult(scn, model.id, ranked, rej, _assumptions(ps, scn), tor, comps,
                       _demand(scn), samples, seed, notes, tornado_own=tor_own)
+
+
+def _extrapolated(stack: str, users: float) -> str:
+    """A note when the option runs far more concurrent requests per replica (Little's law at
+    goodput, p95 latencies: an upper estimate) than any calibration row of its stack."""
+    seen = default_calibration().meta.get("max_users_seen", {}).get(stack)
+    if not seen or not users > EXTRAPOLATED_USERS * seen:
+        return ""
+    return (f"batched decode extrapolated: no {stack} row in the calibration ran more than "
+            f"{seen:g} concurrent request(s) per replica (here about {users:.0f})")
 
 
 def _speculation(scn: Scenario, cat: Catalog, grid: Any, notes: list[str]

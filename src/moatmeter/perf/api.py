@@ -18,13 +18,17 @@ from moatmeter.catalog.modelarch import arch_of
 from moatmeter.catalog.schema import ModelEntry
 from moatmeter.errors import InputError
 from moatmeter.perf import memory as mem
-from moatmeter.perf.calibrate import Calibration, metric_sigma
+from moatmeter.perf.calibrate import Calibration, default_calibration, metric_sigma
 from moatmeter.perf.deploy import Resolved, resolve
 from moatmeter.perf.serving import ServingPoint, closed_loop, goodput, open_loop
 from moatmeter.perf.speculative import speculation
 from moatmeter.perf.step import OVERLAP_LAG, StepTime
 from moatmeter.perf.step import spec_tokens as spec_tokens_per_step
 from moatmeter.perf.types import SLO, DeploymentGrid, GridResult, Workload
+
+# A deployment running this many times more concurrent requests per replica than any calibration
+# row of its stack gets a note: the fit never saw that stack batch so deep.
+EXTRAPOLATED_USERS = 4.0
 
 Z90 = 1.2816
 BOTTLENECKS = np.array(["memory", "compute", "interconnect", "overhead"])
@@ -337,6 +341,12 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
     if dp_attention and tp > 1:
         pre_notes.append("attention data-parallel across the TP group: one KV copy, attention "
                          "weights on every rank")
+    seen = (calib or default_calibration()).meta.get("max_users_seen", {}).get(stack)
+    users = p.concurrency / replicas
+    if seen and p.feasible and users > EXTRAPOLATED_USERS * seen:
+        pre_notes.append(f"no {stack} measurement in the calibration ran more than {seen:g} "
+                         f"concurrent request(s) per replica (here {users:.0f}): its batched "
+                         "decode is extrapolated from lighter loads")
     p.notes = pre_notes + p.notes
     return p
 

@@ -7,6 +7,7 @@ sees the rows it predicts, nor their siblings from the same document.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ from moatmeter.perf.calibrate import (
     trend_key,
 )
 from moatmeter.perf.observations import (
+    OFFLINE_MAX_BATCH,
+    OFFLINE_MAX_BATCH_DEFAULT,
     Prepared,
     ape,
     map_rows,
@@ -71,8 +74,30 @@ def _fit_prepared(p: Prepared, idx: np.ndarray | None = None, meta: dict[str, An
             lo, hi = spans.get(tk, [t, t])
             spans[tk] = [round(float(min(lo, t)), 3), round(float(max(hi, t)), 3)]
     extra["trend_range"] = spans
+    extra["max_users_seen"] = max_users_seen(sub.obs)
     cal = calibration_from_fit(theta, design, resid, keys, {**(meta or {}), **extra})
     return cal, resid
+
+
+def max_users_seen(obs: list[Any]) -> dict[str, float]:
+    """Per stack, the most concurrent requests per replica any fitted row ran (offline rows without
+    a stated batch: the engine's offline cap). ``predict`` says when a deployment goes far beyond
+    it: the step model then extrapolates that stack's batched decode from lighter loads."""
+    out: dict[str, float] = {}
+    for o in obs:
+        conc = o.concurrency / o.replicas if math.isfinite(o.concurrency) else math.nan
+        if o.scenario == "single_stream":
+            users = 1.0
+        elif o.scenario == "fixed_concurrency":
+            users = conc
+        elif o.scenario == "offline":
+            users = conc if math.isfinite(conc) else float(
+                OFFLINE_MAX_BATCH.get(o.engine.lower(), OFFLINE_MAX_BATCH_DEFAULT))
+        else:  # prompt-processing and rate rows say nothing about batched decode
+            continue
+        if math.isfinite(users):
+            out[o.stack] = max(out.get(o.stack, 0.0), round(float(users), 2))
+    return dict(sorted(out.items()))
 
 
 def _subset(p: Prepared, idx: np.ndarray) -> Prepared:
