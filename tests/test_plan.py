@@ -292,12 +292,18 @@ def test_speculative_decoding_only_where_shipped_and_where_it_pays(cat):
 def test_an_option_batching_beyond_its_stacks_calibration_says_so(open_result):
     """llama.cpp's bundled rows are all single stream: an option serving many users at once per
     replica is extrapolated, and its note says so; vLLM's rows reach thousands, so it is not."""
+    from moatmeter.perf.api import EXTRAPOLATED_USERS
+    from moatmeter.perf.calibrate import default_calibration
+
+    seen = default_calibration().meta["max_users_seen"]["llamacpp-cuda"]
     own = [o for o in open_result.options if o.kind == "own"]
     lcpp = [o for o in own if o.stack == "llamacpp-cuda"]
     vllm = [o for o in own if o.stack == "vllm-cuda"]
-    assert lcpp and vllm
+    assert lcpp and vllm and seen == 1.0
     for o in lcpp:
-        users = o.goodput_rps_per_replica * (o.ttft_p95_s + 250 * o.tpot_p95_s)
-        assert ("batched decode extrapolated" in o.note) == (users > 4.0), (o.id, users)
+        users = o.goodput_rps_per_replica * (o.ttft_p95_s + BASE["traffic"]["output_tokens"]
+                                             * o.tpot_p95_s)
+        assert ("batched decode extrapolated" in o.note) == (users > EXTRAPOLATED_USERS * seen), \
+            (o.id, users)
     assert any("batched decode extrapolated" in o.note for o in lcpp)
     assert not any("extrapolated" in o.note for o in vllm)

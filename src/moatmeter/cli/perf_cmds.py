@@ -191,8 +191,9 @@ def validate_cmd(
     from moatmeter.perf.validate import loso_cv, validate_rows
 
     cat = get_catalog(catalog)
+    files = observations or [bundled_observations()]
     rows: list[dict[str, str]] = []
-    for f in observations or [bundled_observations()]:
+    for f in files:
         rows += read_observations(f)
     if cv:
         with _progress() as prog:
@@ -205,7 +206,7 @@ def validate_cmd(
     if report is not None:
         from moatmeter.report.validation import write_validation_report
 
-        names = ", ".join(f.name for f in observations or [bundled_observations()])
+        names = ", ".join(f.name for f in files)
         write_validation_report(res, report, f"{names}{' (leave-one-source-out)' if cv else ''}")
         res.pop("details")
         err_console.print(f"report: {report}", highlight=False)

@@ -167,8 +167,7 @@ def _details(p: Prepared, pred: np.ndarray, a: np.ndarray, sigma: np.ndarray
              ) -> list[dict[str, Any]]:
     """Each row with what a reader groups and filters by, and its predicted P10-P90 band."""
     out = []
-    for i, o in enumerate(p.obs):
-        half = 1.2816 * metric_sigma(float(sigma[i]), o.metric)
+    for i, (o, half) in enumerate(zip(p.obs, _half_widths(p, sigma), strict=True)):
         out.append({"id": o.id, "source": o.source, "vendor": o.vendor, "stack": o.stack,
                     "accelerator": o.accelerator, "model": o.model, "metric": o.metric,
                     "scenario": o.scenario, "predicted": float(pred[i]),
@@ -271,13 +270,19 @@ def source_agreement(rows: list[dict[str, str]]) -> dict[str, Any]:
     return {"rows": out, "summary": {**summary(a), "configurations": n_groups}}
 
 
+def _half_widths(p: Prepared, sigma: np.ndarray) -> np.ndarray:
+    """Each row's P10-P90 half-width in log space, with its metric's own spread: the one band
+    definition that the coverage figures and the report's bars share."""
+    return 1.2816 * np.array([metric_sigma(float(sg), o.metric)
+                              for sg, o in zip(sigma, p.obs, strict=True)])
+
+
 def _coverage(p: Prepared, pred: np.ndarray, sigma: np.ndarray
               ) -> tuple[float | None, dict[str, float]]:
     """How often the measured value falls inside the predicted P10-P90 band (ideal: 80 %),
     overall and per metric, each metric with its own band (latencies' are wider)."""
-    msig = np.array([metric_sigma(sg, o.metric) for sg, o in zip(sigma, p.obs, strict=True)])
     with np.errstate(divide="ignore", invalid="ignore"):
-        inside = np.abs(np.log(pred / p.measured)) <= 1.2816 * msig
+        inside = np.abs(np.log(pred / p.measured)) <= _half_widths(p, sigma)
     ok = np.isfinite(pred)
     band = float(np.mean(inside[ok])) if ok.any() else None
     by_metric = {m: float(np.mean(inside[ok & (p.metric == m)]))
