@@ -920,12 +920,19 @@ def test_a_closed_loop_run_starts_with_a_wave_of_prompts():
     rows = [{**base, "id": "long", "source": "a", "notes": ""},
             {**base, "id": "one-wave", "source": "b", "notes": "num-prompts 8"},
             {**base, "id": "ten-waves", "source": "c", "notes": "num_prompts = 10 x concurrency"},
-            {**base, "id": "n80", "source": "d", "notes": "vllm bench serve --num-prompts 80"}]
+            {**base, "id": "n80", "source": "d", "notes": "vllm bench serve --num-prompts 80"},
+            # argparse's prefix of --num-prompts, and evalscope's name for it
+            {**base, "id": "prefix80", "source": "e",
+             "notes": "benchmark_serving.py --num-prompt 80"},
+            {**base, "id": "evalscope80", "source": "f",
+             "notes": "evalscope perf --parallel 8 --number 80 --dataset custom"}]
     pred = {r["id"]: r["predicted"] for r in validate_rows(CAT, rows)["rows"]}
     assert pred["one-wave"] > 2.0 * pred["long"]
     assert pred["ten-waves"] - pred["long"] == pytest.approx(
         0.1 * (pred["one-wave"] - pred["long"]), rel=1e-6)
     assert pred["n80"] == pytest.approx(pred["ten-waves"], rel=1e-9)
+    assert pred["prefix80"] == pytest.approx(pred["n80"], rel=1e-9)
+    assert pred["evalscope80"] == pytest.approx(pred["n80"], rel=1e-9)
 
 
 def test_a_prefill_pass_pays_one_step_overhead_per_chunk():

@@ -204,9 +204,11 @@ LOCKSTEP = re.compile(r"\block-step\b|\bstatic batch\b|benchmark_latency"
 # profiles max(max_model_len, 2048) tokens and keeps their activations out of the KV cache)
 PROFILE_TOKENS = re.compile(r"\bmax_num_batched_tokens\s*=\s*(\d+)")
 # The prompts a closed-loop run sends in all (benchmark_serving --num-prompts): "num-prompts 40",
-# or InferenceX's "num_prompts = 10 x concurrency".
+# or InferenceX's "num_prompts = 10 x concurrency"; argparse takes the prefix "--num-prompt 100"
+# for it, and evalscope calls it "--number 1000" (its slots are "--parallel").
 NUM_PROMPTS_X = re.compile(r"\bnum[_-]prompts\s*=?\s*(\d+)\s*x\s*concurrency", re.IGNORECASE)
-NUM_PROMPTS = re.compile(r"\bnum[_-]prompts\s*=?\s*(\d+)\b(?!\s*x)", re.IGNORECASE)
+NUM_PROMPTS = re.compile(r"\bnum[_-]prompts?\s*=?\s*(\d+)\b(?!\s*x)|--number[ =](\d+)\b",
+                         re.IGNORECASE)
 # when the measurement was made: a "measured=YYYY-MM" token in the notes, else the first date in
 # the source (documents name their date there)
 MEASURED = re.compile(r"\bmeasured\s*=\s*(20\d\d)-(0[1-9]|1[0-2])\b")
@@ -394,7 +396,7 @@ def _n_prompts(notes: str, conc: float | None) -> float:
     if (mx := NUM_PROMPTS_X.search(notes)) and conc:
         return float(mx.group(1)) * conc
     if mn := NUM_PROMPTS.search(notes):
-        return float(mn.group(1))
+        return float(mn.group(1) or mn.group(2))
     return float("nan")
 
 
