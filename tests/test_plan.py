@@ -307,3 +307,26 @@ def test_an_option_batching_beyond_its_stacks_calibration_says_so(open_result):
             (o.id, users)
     assert any("batched decode extrapolated" in o.note for o in lcpp)
     assert not any("extrapolated" in o.note for o in vllm)
+
+def test_tight_sizing_is_noted_with_the_shortfall_that_takes_a_replica():
+    from moatmeter.plan import TIGHT_HEADROOM, _tight
+
+    assert _tight(10.0, 5.0, 2) != "" and "0.0% above peak" in _tight(10.0, 5.0, 2)
+    note = _tight(10.0, 3.4, 3)  # capacity 10.2: 2.0 % above, 1.96 % short takes a replica
+    assert "2.0% above peak demand" in note and "2.0% less goodput" in note
+    assert _tight(10.0, 10.0 * (1 + TIGHT_HEADROOM) / 2, 2) == ""
+    assert _tight(10.0, 6.0, 2) == "" and _tight(0.0, 1.0, 1) == ""
+
+
+def test_an_option_sized_close_to_peak_demand_says_so(open_result):
+    """Every owned option's note carries the tight-sizing warning exactly when its replicas
+    clear peak demand by less than TIGHT_HEADROOM."""
+    from moatmeter.plan import TIGHT_HEADROOM
+
+    peak = open_result.demand["peak_rps"]
+    own = [o for o in open_result.options if o.kind == "own"]
+    assert own
+    for o in own:
+        head = o.replicas * o.goodput_rps_per_replica / peak - 1.0
+        assert head >= 0.0, o.id
+        assert ("tight sizing" in o.note) == (head < TIGHT_HEADROOM), (o.id, head)

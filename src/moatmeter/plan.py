@@ -343,7 +343,8 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
                 res.calibration_note[i] if i < len(res.calibration_note) else "",
                 "speculative decoding on" if i < len(res.speculating) and res.speculating[i]
                 else "", _extrapolated(c.stack.id, gp * (float(res.ttft_p95_s[i])
-                                                          + t.out_tok * tpot))) if x))
+                                                          + t.out_tok * tpot)),
+                _tight(peak, gp, replicas - scn.constraints.redundancy_replicas)) if x))
         own.append(o)
         meta.append({"price_row": pr[0], "group": groups[key], "mig": mig, "stack": c.stack,
                      "acc": c.acc, "kv": c.kv})
@@ -555,6 +556,22 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
                      "performance fall short of peak demand; those tokens are not counted.")
     return PlanResult(scn, model.id, ranked, rej, _assumptions(ps, scn), tor, comps,
                       _demand(scn), samples, seed, notes, tornado_own=tor_own)
+
+
+# Replicas are sized from the point prediction's goodput, so an option whose serving replicas
+# clear peak demand by less than this is one small refit (or a deployment a few per cent slower
+# than predicted) away from needing another replica: its note says so.
+TIGHT_HEADROOM = 0.05
+
+
+def _tight(peak: float, gp: float, serving: int) -> str:
+    """A note when the serving replicas' capacity clears peak demand by less than
+    ``TIGHT_HEADROOM``, with the goodput shortfall that would take one more replica."""
+    head = serving * gp / peak - 1.0 if peak > 0 else float("inf")
+    if not 0.0 <= head < TIGHT_HEADROOM:
+        return ""
+    return (f"tight sizing: capacity {head:.1%} above peak demand, so {head / (1.0 + head):.1%} "
+            "less goodput than predicted would need another replica")
 
 
 def _extrapolated(stack: str, users: float) -> str:
