@@ -673,7 +673,7 @@ def test_stated_static_batch_is_not_capped_at_the_default():
            "output_len": "128", "metric": "output_tokens_per_s", "value": "100", "notes": ""}
     big = {**row, "id": "g1536", "concurrency": "1536"}
     pred = {r["id"]: r["predicted"] for r in validate_rows(CAT, [row, big])["rows"]}
-    assert pred["g1536"] > 1.2 * pred["g"]  # capped at 256 both would be equal
+    assert pred["g1536"] > 1.1 * pred["g"]  # capped at 256 both would be equal
 
 
 def test_step_overhead_grows_with_layer_count():
