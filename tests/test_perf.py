@@ -236,6 +236,49 @@ def test_fallback_note_and_wider_sigma():
     assert unseen.note.startswith("fallback") and unseen.sigma > seen.sigma
 
 
+def test_prefill_share_of_the_request_time():
+    from moatmeter.perf.calibrate import prefill_share
+
+    assert prefill_share(0.2, 0.01, 21) == pytest.approx(0.5)  # 0.2 s prompt, 20 x 10 ms decode
+    assert prefill_share(0.5, float("nan"), 1) == 1.0  # prefill-only: all prompt
+    assert prefill_share(float("inf"), 0.01, 100) == 0.0  # infeasible: no widening
+    a = prefill_share(np.array([0.1, 1.0]), np.array([0.01, 0.01]), np.array([11.0, 11.0]))
+    assert a == pytest.approx([0.5, 1.0 / 1.1])
+
+
+def test_throughput_band_widens_with_the_prompts_share_of_the_request():
+    """Prefill-heavy work is predicted less well (held-out CV): the same deployment's tokens/s
+    band is wider for 32k-token prompts with 16-token answers than for chat, by 1 + 0.75 x share;
+    TPOT's and TTFT's bands are fixed multiples of sigma."""
+    from moatmeter.perf.calibrate import DECODE_SPREAD, LATENCY_SPREAD, PREFILL_WIDEN, prefill_share
+
+    kw = dict(accelerator="h100-sxm", count=1, tp=1, stack="vllm-cuda", model="llama-3.1-8b",
+              concurrency=1)
+    chat = predict_deployment(CAT, input_tokens=128, output_tokens=1024, **kw)
+    rag = predict_deployment(CAT, input_tokens=32000, output_tokens=16, **kw)
+    assert chat.sigma == rag.sigma
+
+    def half(band, x):
+        return math.log(band.p90 / x) / 1.2816
+
+    s_chat = prefill_share(chat.ttft_s, chat.tpot_s, 1024)
+    s_rag = prefill_share(rag.ttft_s, rag.tpot_s, 16)
+    assert s_chat < 0.05 and s_rag > 0.8
+    for p, sh in ((chat, s_chat), (rag, s_rag)):
+        assert half(p.output_tokens_per_s_band, p.output_tokens_per_s) == pytest.approx(
+            p.sigma * DECODE_SPREAD * (1.0 + PREFILL_WIDEN * sh))
+        assert half(p.tpot_band, p.tpot_s) == pytest.approx(p.sigma * LATENCY_SPREAD["tpot"])
+    assert half(rag.ttft_band, rag.ttft_s) == pytest.approx(rag.sigma * LATENCY_SPREAD["ttft"])
+    # the planner's Monte Carlo draws realised goodput with the widened sigma too
+    g = DeploymentGrid(accelerator=np.array(["h100-sxm"]), stack=np.array(["vllm-cuda"]),
+                       tp=np.array([1]), pp=np.array([1]), weight_dtype=np.array(["bf16"]),
+                       kv_dtype=np.array(["bf16"]))
+    r_chat = evaluate_grid(CAT, "llama-3.1-8b", g, Workload(128, 1024), SLO(1.0, 0.1))
+    r_rag = evaluate_grid(CAT, "llama-3.1-8b", g, Workload(32000, 16), SLO(10.0, 0.1))
+    assert r_rag.eff_sigma[0] > 1.5 * r_chat.eff_sigma[0]
+    assert r_chat.eff_sigma[0] < 1.05 * DECODE_SPREAD * chat.sigma
+
+
 def test_weight_format_has_its_own_calibration_offset():
     """A pair's fp4 kernels may lag its 16-bit ones: the offset applies to that format only,
     the grid passes each row's format, and a format the pair never ran is named in the note."""

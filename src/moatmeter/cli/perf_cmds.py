@@ -100,7 +100,12 @@ def predict_cmd(
     --model llama-3.1-70b --dtype bf16 --input 1024 --output 256 --concurrency 32
     """
     from moatmeter.perf import predict_deployment
-    from moatmeter.perf.calibrate import LATENCY_SPREAD
+    from moatmeter.perf.calibrate import (
+        DECODE_SPREAD,
+        LATENCY_SPREAD,
+        PREFILL_WIDEN,
+        prefill_share,
+    )
 
     if input_tokens < 0:
         raise InputError(f"--input must be ≥ 0, got {input_tokens}", field="input")
@@ -139,12 +144,19 @@ def predict_cmd(
     b = p.output_tokens_per_s_band
     t.add_row("output tok/s", f"{p.output_tokens_per_s:,.0f}", "", f"{b.p10:,.0f}",
               f"{b.p90:,.0f}")
-    t.add_row("total tok/s", f"{p.total_tokens_per_s:,.0f}", "", "", "")
-    t.add_row("requests/s", f"{p.requests_per_s:,.2f}", "", "", "")
+    # total tok/s and requests/s are fixed multiples of output tok/s: the same relative band
+    lo, hi = ((b.p10 / p.output_tokens_per_s, b.p90 / p.output_tokens_per_s)
+              if p.output_tokens_per_s > 0 else (0.0, 0.0))
+    t.add_row("total tok/s", f"{p.total_tokens_per_s:,.0f}", "",
+              f"{p.total_tokens_per_s * lo:,.0f}", f"{p.total_tokens_per_s * hi:,.0f}")
+    t.add_row("requests/s", f"{p.requests_per_s:,.2f}", "", f"{p.requests_per_s * lo:,.2f}",
+              f"{p.requests_per_s * hi:,.2f}")
     console.print(t)
     console.print(f"bottleneck: [bold]{p.bottleneck}[/]; saturation {p.saturation_rps:,.2f} req/s; "
                   f"efficiencies compute {p.eff_compute:.2f}, memory {p.eff_memory:.2f}, overhead "
-                  f"{p.overhead_ms:.1f} ms/step; σ {p.sigma:.2f} for throughput, "
+                  f"{p.overhead_ms:.1f} ms/step; σ {p.sigma:.2f}, ×{DECODE_SPREAD:g} × (1 + "
+                  f"{PREFILL_WIDEN:g} × the share of the request time before the first token, "
+                  f"{prefill_share(p.ttft_s, p.tpot_s, output_tokens):.2f} here) for throughput, "
                   f"×{LATENCY_SPREAD['tpot']:g} for TPOT, ×{LATENCY_SPREAD['ttft']:g} for TTFT "
                   "(P10–P90 bands)",
                   highlight=False)

@@ -1,8 +1,9 @@
 """Public entry points: ``evaluate_grid`` (planner, vectorised) and ``predict_deployment`` (one).
 
 The uncertainty band P10–P90 is lognormal around the mean with the (stack, family) pair's
-calibrated log-space sigma: throughput × exp(±1.2816·σ); latencies the other way round, with the
-wider sigma of their metric (``calibrate.metric_sigma``: TPOT 1.4 σ, TTFT 2 σ).
+calibrated log-space sigma: throughput × exp(±1.2816·0.8σ·(1 + 0.75·share)), ``share`` the part of
+the request time before its first token; latencies the other way round, with their metric's
+multiple of σ (``calibrate.metric_sigma``: TPOT 0.8 σ, TTFT 2.1 σ).
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from moatmeter.catalog.modelarch import arch_of
 from moatmeter.catalog.schema import ModelEntry
 from moatmeter.errors import InputError
 from moatmeter.perf import memory as mem
-from moatmeter.perf.calibrate import Calibration, default_calibration, metric_sigma
+from moatmeter.perf.calibrate import (
+    Calibration,
+    default_calibration,
+    metric_sigma,
+    prefill_share,
+)
 from moatmeter.perf.deploy import Resolved, resolve
 from moatmeter.perf.serving import ServingPoint, closed_loop, goodput, open_loop
 from moatmeter.perf.speculative import speculation
@@ -125,7 +131,10 @@ def _evaluate_grid(catalog: Catalog, model_entry: ModelEntry | str, grid: Deploy
         output_tokens_per_s=put(g.rate_rps * out), ttft_p95_s=put(g.point.ttft_p95, np.inf),
         tpot_p95_s=put(g.point.tpot_p95, np.inf), single_ttft_s=put(single.ttft_mean, np.inf),
         single_tpot_s=put(single.tpot_mean, np.inf),
-        max_output_tokens_per_s=put(offline.output_tps), eff_sigma=r.eff_sigma,
+        max_output_tokens_per_s=put(offline.output_tps),
+        # throughput's band widens with the prompt's share of the request time at goodput
+        eff_sigma=np.asarray(metric_sigma(r.eff_sigma, "output", put(prefill_share(
+            g.point.ttft_mean, g.point.tpot_mean, out_a)))),
         eff_compute=r.s.eff_c, eff_memory=r.s.eff_m, calibration_note=r.calib_note,
         speculating=np.full(n, speculation is not None))
 
@@ -184,7 +193,7 @@ class Prediction:
     eff_compute: float
     eff_memory: float
     overhead_ms: float
-    sigma: float  # log-space, throughput's; latencies' bands are wider (calibrate.metric_sigma)
+    sigma: float  # log-space, the pair's; each band's is calibrate.metric_sigma of it
     output_tokens_per_s_band: Band
     tpot_band: Band
     ttft_band: Band
@@ -406,7 +415,8 @@ def _prediction(r: Resolved, acc: str, stack: str, model: str, count: int, tp: i
         saturation_rps=float(sat.rate_rps[0]) * replicas if r.feasible[0] else 0.0,
         bottleneck=bott, eff_compute=float(s.eff_c[0]), eff_memory=float(s.eff_m[0]),
         overhead_ms=float(s.k["ov"][0] * 1e3), sigma=sigma,
-        output_tokens_per_s_band=_band(otps, sigma),
+        output_tokens_per_s_band=_band(otps, float(metric_sigma(
+            sigma, "output", prefill_share(ttft, tpot, o1[0])))),
         tpot_band=_band(tpot, float(metric_sigma(sigma, "tpot"))),
         ttft_band=_band(ttft, float(metric_sigma(sigma, "ttft"))),
         calibration_note=r.calib_note[0], notes=notes)

@@ -71,6 +71,7 @@ from moatmeter.perf.calibrate import (
     arch_class,
     dtype_class,
     level_keys,
+    prefill_share,
     product_line,
 )
 from moatmeter.perf.deploy import (
@@ -612,8 +613,11 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
 
 
 def predict_prepared(p: Prepared, eff_c: np.ndarray | None = None, eff_m: np.ndarray | None = None,
-                     overhead: np.ndarray | None = None) -> np.ndarray:
-    """Predicted value of each row's metric (whole system), with given or resolved efficiencies."""
+                     overhead: np.ndarray | None = None, share_out: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """Predicted value of each row's metric (whole system), with given or resolved efficiencies;
+    ``share_out`` receives each row's share of the request time before its first token
+    (``prefill_share``), which widens its band."""
     s = p.res.s
     if eff_c is not None:
         s = s.with_eff(eff_c, eff_m, overhead)  # type: ignore[arg-type]
@@ -669,6 +673,8 @@ def predict_prepared(p: Prepared, eff_c: np.ndarray | None = None, eff_m: np.nda
         c = np.where(np.isnan(conc[i]), 1.0, conc[i])
         t = prefill_time(s.take(i), p.inp[i], c).total
         rps[i], ttft[i], tpot[i] = c / t, t, np.nan
+    if share_out is not None:
+        share_out[:] = np.where(pf, 1.0, prefill_share(ttft, tpot, p.out))
     rep = p.rep
     outs = rps * p.out * rep
     m = p.metric

@@ -68,7 +68,8 @@ class GridResult:
     single_tpot_s: np.ndarray
     max_output_tokens_per_s: np.ndarray  # offline (max throughput), no SLO
     # Log-space standard deviation of realised performance for (stack, family): the measured
-    # software gap's uncertainty. Monte Carlo multiplies throughput by lognormal(0, eff_sigma).
+    # software gap's uncertainty, widened by the prompt's share of the request time at goodput
+    # (calibrate.metric_sigma). Monte Carlo multiplies throughput by lognormal(0, eff_sigma).
     eff_sigma: np.ndarray
     # Mean realised efficiency multipliers used, for reporting (compute, memory).
     eff_compute: np.ndarray = field(default_factory=lambda: np.zeros(0))

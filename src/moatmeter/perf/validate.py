@@ -113,12 +113,17 @@ def _subset(p: Prepared, idx: np.ndarray) -> Prepared:
 
 def _with_calib(p: Prepared, cal: Calibration, sigma_out: np.ndarray | None = None
                 ) -> np.ndarray:
+    """Predictions with ``cal``'s efficiencies; ``sigma_out`` receives each row's band sigma (its
+    pair's, with its metric's multiple and, for throughput, its prompt share's widening)."""
     effs = [cal.lookup(o.stack, o.engine, o.family, o.line, o.arch, o.when,
                        dtype_class(o.weight_dtype)) for o in p.obs]
     eff = np.array([(e.eff_compute, e.eff_memory, e.overhead_s) for e in effs], dtype=float)
+    share = np.zeros(len(p.obs))
+    pred = predict_prepared(p, eff[:, 0], eff[:, 1], eff[:, 2], share_out=share)
     if sigma_out is not None:
-        sigma_out[:] = [e.sigma for e in effs]
-    return predict_prepared(p, eff[:, 0], eff[:, 1], eff[:, 2])
+        sigma_out[:] = [metric_sigma(e.sigma, o.metric, float(sh))
+                        for e, o, sh in zip(effs, p.obs, share, strict=True)]
+    return pred
 
 
 def calibrate_rows(cat: Catalog, rows: list[dict[str, str]], meta: dict[str, Any] | None = None
@@ -167,7 +172,7 @@ def _details(p: Prepared, pred: np.ndarray, a: np.ndarray, sigma: np.ndarray
              ) -> list[dict[str, Any]]:
     """Each row with what a reader groups and filters by, and its predicted P10-P90 band."""
     out = []
-    for i, (o, half) in enumerate(zip(p.obs, _half_widths(p, sigma), strict=True)):
+    for i, (o, half) in enumerate(zip(p.obs, _half_widths(sigma), strict=True)):
         out.append({"id": o.id, "source": o.source, "vendor": o.vendor, "stack": o.stack,
                     "accelerator": o.accelerator, "model": o.model, "metric": o.metric,
                     "scenario": o.scenario, "predicted": float(pred[i]),
@@ -270,19 +275,18 @@ def source_agreement(rows: list[dict[str, str]]) -> dict[str, Any]:
     return {"rows": out, "summary": {**summary(a), "configurations": n_groups}}
 
 
-def _half_widths(p: Prepared, sigma: np.ndarray) -> np.ndarray:
-    """Each row's P10-P90 half-width in log space, with its metric's own spread: the one band
-    definition that the coverage figures and the report's bars share."""
-    return 1.2816 * np.array([metric_sigma(float(sg), o.metric)
-                              for sg, o in zip(sigma, p.obs, strict=True)])
+def _half_widths(sigma: np.ndarray) -> np.ndarray:
+    """Each row's P10-P90 half-width in log space from its band sigma (``_with_calib``): the one
+    band definition that the coverage figures and the report's bars share."""
+    return 1.2816 * np.asarray(sigma, float)
 
 
 def _coverage(p: Prepared, pred: np.ndarray, sigma: np.ndarray
               ) -> tuple[float | None, dict[str, float]]:
     """How often the measured value falls inside the predicted P10-P90 band (ideal: 80 %),
-    overall and per metric, each metric with its own band (latencies' are wider)."""
+    overall and per metric, each row with its own band (``_with_calib``)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        inside = np.abs(np.log(pred / p.measured)) <= _half_widths(p, sigma)
+        inside = np.abs(np.log(pred / p.measured)) <= _half_widths(sigma)
     ok = np.isfinite(pred)
     band = float(np.mean(inside[ok])) if ok.any() else None
     by_metric = {m: float(np.mean(inside[ok & (p.metric == m)]))
