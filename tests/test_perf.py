@@ -248,7 +248,7 @@ def test_prefill_share_of_the_request_time():
 
 def test_throughput_band_widens_with_the_prompts_share_of_the_request():
     """Prefill-heavy work is predicted less well (held-out CV): the same deployment's tokens/s
-    band is wider for 32k-token prompts with 16-token answers than for chat, by 1 + 0.75 x share;
+    band is wider for 32k-token prompts with 16-token answers than for chat, by 1 + 0.5 x share;
     TPOT's and TTFT's bands are fixed multiples of sigma."""
     from moatmeter.perf.calibrate import DECODE_SPREAD, LATENCY_SPREAD, PREFILL_WIDEN, prefill_share
 
@@ -275,7 +275,7 @@ def test_throughput_band_widens_with_the_prompts_share_of_the_request():
                        kv_dtype=np.array(["bf16"]))
     r_chat = evaluate_grid(CAT, "llama-3.1-8b", g, Workload(128, 1024), SLO(1.0, 0.1))
     r_rag = evaluate_grid(CAT, "llama-3.1-8b", g, Workload(32000, 16), SLO(10.0, 0.1))
-    assert r_rag.eff_sigma[0] > 1.5 * r_chat.eff_sigma[0]
+    assert r_rag.eff_sigma[0] > 1.35 * r_chat.eff_sigma[0]
     assert r_chat.eff_sigma[0] < 1.05 * DECODE_SPREAD * chat.sigma
 
 

@@ -7,8 +7,8 @@ Global hyper-parameters chosen by leave-one-source-out CV (benchmarks/calibratio
 documented where it is defined: ``step.OVERHEAD_LAYER_SHARE`` (1.0), ``step.ATTN_EFF`` (0.65),
 ``calibrate.SOURCE_POWER`` (0.4), ``deploy.ACT_RW_*`` (8 / 3 / 2), ``deploy.LINK_EFF_PCIE`` (0.45),
 ``calibrate.SIGMA_SCALE`` (1.1), ``calibrate.NEW_CLASS_WIDEN`` (2.0) and
-``calibrate.LATENCY_SPREAD`` (TPOT 0.8, TTFT 2.1), ``calibrate.DECODE_SPREAD`` (0.8) and
-``calibrate.PREFILL_WIDEN`` (0.75), for P10-P90 coverage.
+``calibrate.LATENCY_SPREAD`` (TPOT 1.0, TTFT 3.2), ``calibrate.DECODE_SPREAD`` (1.1) and
+``calibrate.PREFILL_WIDEN`` (0.5), for P10-P90 coverage.
 """
 
 from moatmeter.perf.api import Prediction, evaluate_grid, predict_deployment, single_stream_bound

@@ -1,9 +1,9 @@
 """Public entry points: ``evaluate_grid`` (planner, vectorised) and ``predict_deployment`` (one).
 
 The uncertainty band P10–P90 is lognormal around the mean with the (stack, family) pair's
-calibrated log-space sigma: throughput × exp(±1.2816·0.8σ·(1 + 0.75·share)), ``share`` the part of
+calibrated log-space sigma: throughput × exp(±1.2816·1.1σ·(1 + 0.5·share)), ``share`` the part of
 the request time before its first token; latencies the other way round, with their metric's
-multiple of σ (``calibrate.metric_sigma``: TPOT 0.8 σ, TTFT 2.1 σ).
+multiple of σ (``calibrate.metric_sigma``: TPOT 1.0 σ, TTFT 3.2 σ).
 """
 
 from __future__ import annotations
