@@ -264,6 +264,7 @@ def test_throughput_band_widens_with_the_prompts_share_of_the_request():
     s_chat = prefill_share(chat.ttft_s, chat.tpot_s, 1024)
     s_rag = prefill_share(rag.ttft_s, rag.tpot_s, 16)
     assert s_chat < 0.05 and s_rag > 0.8
+    assert (chat.prefill_share, rag.prefill_share) == (s_chat, s_rag)
     for p, sh in ((chat, s_chat), (rag, s_rag)):
         assert half(p.output_tokens_per_s_band, p.output_tokens_per_s) == pytest.approx(
             p.sigma * DECODE_SPREAD * (1.0 + PREFILL_WIDEN * sh))

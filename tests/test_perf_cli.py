@@ -73,7 +73,7 @@ def test_predict_json_contract(cli):
     # request time before the first token), latencies' at TPOT 1.0x and TTFT 3.2x
     z90 = 1.2816
     share = d["ttft_s"] / (d["ttft_s"] + 255 * d["tpot_s"])
-    assert 0.0 < share < 0.2
+    assert 0.0 < share < 0.2 and d["prefill_share"] == pytest.approx(share)
     for band, spread in (("output_tokens_per_s_band", 1.1 * (1.0 + 0.5 * share)),
                          ("tpot_band", 1.0), ("ttft_band", 3.2)):
         lo, mid, hi = (d[band][k] for k in ("p10", "p50", "p90"))

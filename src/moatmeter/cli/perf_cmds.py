@@ -100,12 +100,7 @@ def predict_cmd(
     --model llama-3.1-70b --dtype bf16 --input 1024 --output 256 --concurrency 32
     """
     from moatmeter.perf import predict_deployment
-    from moatmeter.perf.calibrate import (
-        DECODE_SPREAD,
-        LATENCY_SPREAD,
-        PREFILL_WIDEN,
-        prefill_share,
-    )
+    from moatmeter.perf.calibrate import DECODE_SPREAD, LATENCY_SPREAD, PREFILL_WIDEN
 
     if input_tokens < 0:
         raise InputError(f"--input must be ≥ 0, got {input_tokens}", field="input")
@@ -156,7 +151,7 @@ def predict_cmd(
                   f"efficiencies compute {p.eff_compute:.2f}, memory {p.eff_memory:.2f}, overhead "
                   f"{p.overhead_ms:.1f} ms/step; σ {p.sigma:.2f}, ×{DECODE_SPREAD:g} × (1 + "
                   f"{PREFILL_WIDEN:g} × the share of the request time before the first token, "
-                  f"{prefill_share(p.ttft_s, p.tpot_s, output_tokens):.2f} here) for throughput, "
+                  f"{p.prefill_share:.2f} here) for throughput, "
                   f"×{LATENCY_SPREAD['tpot']:g} for TPOT, ×{LATENCY_SPREAD['ttft']:g} for TTFT "
                   "(P10–P90 bands)",
                   highlight=False)

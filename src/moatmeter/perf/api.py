@@ -194,6 +194,9 @@ class Prediction:
     eff_memory: float
     overhead_ms: float
     sigma: float  # log-space, the pair's; each band's is calibrate.metric_sigma of it
+    # share of the request time before the first token, TTFT / (TTFT + (O - 1) TPOT): it widens
+    # the throughput band (prefill-heavy work is predicted less well)
+    prefill_share: float
     output_tokens_per_s_band: Band
     tpot_band: Band
     ttft_band: Band
@@ -405,6 +408,7 @@ def _prediction(r: Resolved, acc: str, stack: str, model: str, count: int, tp: i
         ttft = ttft95 = tpot = tpot95 = math.inf
         otps = rps = 0.0
         bott = ""
+    share = float(prefill_share(ttft, tpot, o1[0]))
     return Prediction(
         accelerator=acc, stack=stack, model=model, devices=count, tp=tp, pp=pp, weight_dtype=wd,
         kv_dtype=kd, compute_dtype=str(r.compute_dtype[0]), load=load,
@@ -414,9 +418,8 @@ def _prediction(r: Resolved, acc: str, stack: str, model: str, count: int, tp: i
         total_tokens_per_s=rps * (inp + out), requests_per_s=rps,
         saturation_rps=float(sat.rate_rps[0]) * replicas if r.feasible[0] else 0.0,
         bottleneck=bott, eff_compute=float(s.eff_c[0]), eff_memory=float(s.eff_m[0]),
-        overhead_ms=float(s.k["ov"][0] * 1e3), sigma=sigma,
-        output_tokens_per_s_band=_band(otps, float(metric_sigma(
-            sigma, "output", prefill_share(ttft, tpot, o1[0])))),
+        overhead_ms=float(s.k["ov"][0] * 1e3), sigma=sigma, prefill_share=share,
+        output_tokens_per_s_band=_band(otps, float(metric_sigma(sigma, "output", share))),
         tpot_band=_band(tpot, float(metric_sigma(sigma, "tpot"))),
         ttft_band=_band(ttft, float(metric_sigma(sigma, "ttft"))),
         calibration_note=r.calib_note[0], notes=notes)
