@@ -6,6 +6,7 @@ overall, per vendor, per stack, per metric and per source; and, on the configura
 than one source measured, how well the sources agree with each other (the data's noise floor).
 
     python3 benchmarks/calibration_cv.py [--observations FILE.csv ...] [--json] [--report cv.html]
+        [--jobs N]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from moatmeter.catalog.load import load_catalog
 from moatmeter.perf.observations import bundled_observations, read_observations
-from moatmeter.perf.validate import loso_cv, source_agreement
+from moatmeter.perf.validate import default_jobs, loso_cv, source_agreement
 
 
 def _fmt(s: dict) -> str:
@@ -33,6 +34,8 @@ def main() -> None:
     ap.add_argument("--observations", nargs="*", default=None)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--report", default=None, help="also write the held-out rows as an HTML page")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="worker processes (default: the CPUs available; same result)")
     args = ap.parse_args()
     cat = load_catalog()
     rows = []
@@ -40,7 +43,8 @@ def main() -> None:
         rows += read_observations(f)
     src = {r["id"]: r["source"] for r in rows}
     t0 = time.perf_counter()
-    cv = loso_cv(cat, rows, details=args.report is not None)
+    jobs = args.jobs or default_jobs()
+    cv = loso_cv(cat, rows, details=args.report is not None, jobs=jobs)
     dt = time.perf_counter() - t0
     if args.report:
         from moatmeter.report.validation import write_validation_report
@@ -51,7 +55,8 @@ def main() -> None:
         print(json.dumps(s, indent=1))
         return
     print(f"leave-one-source-out over {s['sources']} sources, {s['n']} rows modelled, "
-          f"{len(s['skipped'])} skipped ({dt:.0f} s)")
+          f"{len(s['skipped'])} skipped ({dt:.0f} s, {jobs} worker process"
+          f"{'es' if jobs > 1 else ''})")
     print(f"overall            {_fmt(s)}")
     print(f"held-out values inside the predicted P10-P90 band: "
           f"{100 * s['p10_p90_band_coverage']:.0f} % (ideal 80 %); per metric: "

@@ -314,6 +314,29 @@ def test_validate_cv_band_coverage_per_metric(cli, tmp_path):
     assert s["p10_p90_band_coverage"] == pytest.approx(overall)
 
 
+def test_cv_in_worker_processes_gives_the_same_result(cli, tmp_path):
+    """The folds are independent: fitted in two worker processes they give exactly what one
+    process gives, row for row, and the CLI's --jobs reaches the same figures."""
+    from moatmeter.perf.validate import loso_cv
+
+    rows = _sample_rows(3, 2, ("output_tokens_per_s", "ttft_ms"))
+    one = loso_cv(load_catalog(), rows, jobs=1, details=True)
+    done: list[tuple[int, int]] = []
+    two = loso_cv(load_catalog(), rows, jobs=2, details=True,
+                  progress=lambda k, n: done.append((k, n)))
+    assert [r["predicted"] for r in one["rows"]] == [r["predicted"] for r in two["rows"]]
+    assert [(d["p10"], d["p90"]) for d in one["details"]] == [
+        (d["p10"], d["p90"]) for d in two["details"]]
+    assert one["summary"] == two["summary"] and one["summary"]["sources"] == 3
+    assert done == [(1, 3), (2, 3), (3, 3)]  # progress counts folds as they finish
+    p = cli("validate", "--observations", str(_write(tmp_path / "obs.csv", rows)), "--cv",
+            "--jobs", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["summary"]["median_ape"] == pytest.approx(
+        one["summary"]["median_ape"])
+    one_line_error(cli("validate", "--cv", "--jobs", "0"), "--jobs", "≥ 1")
+
+
 def test_validate_counts_rows_inside_each_metrics_band():
     from moatmeter.perf.calibrate import bundled_path, metric_sigma
     from moatmeter.perf.validate import validate_rows

@@ -181,6 +181,9 @@ def validate_cmd(
     report: Annotated[Path | None, typer.Option(
         "--report", help="Also write a self-contained HTML page: predicted vs measured with "
         "bands, error distribution per vendor, breakdowns, worst rows.")] = None,
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", "-j", help="Worker processes for --cv, one fold each at a time "
+        "(default: the CPUs available); the result does not depend on it.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Predict every observation row and compare with the measured value (APE).
@@ -195,8 +198,10 @@ def validate_cmd(
     """
     from moatmeter.perf.calibrate import Calibration
     from moatmeter.perf.observations import bundled_observations, read_observations
-    from moatmeter.perf.validate import loso_cv, validate_rows
+    from moatmeter.perf.validate import default_jobs, loso_cv, validate_rows
 
+    if jobs is not None and jobs < 1:
+        raise InputError(f"--jobs must be ≥ 1, got {jobs}", field="jobs")
     cat = get_catalog(catalog)
     files = observations or [bundled_observations()]
     rows: list[dict[str, str]] = []
@@ -206,7 +211,7 @@ def validate_cmd(
         with _progress() as prog:
             task = prog.add_task("cross-validating (leave one source out)", total=None)
             res = loso_cv(cat, rows, progress=lambda k, n: prog.update(task, completed=k, total=n),
-                          details=report is not None)
+                          details=report is not None, jobs=jobs or default_jobs())
     else:
         cal = Calibration.load(calibration) if calibration else None
         res = validate_rows(cat, rows, cal, details=report is not None)

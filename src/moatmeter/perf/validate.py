@@ -8,7 +8,9 @@ sees the rows it predicts, nor their siblings from the same document.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,26 +183,61 @@ def _details(p: Prepared, pred: np.ndarray, a: np.ndarray, sigma: np.ndarray
     return out
 
 
+def _fold(p: Prepared, test: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One held-out source: fit on ``train``, predict ``test`` (predictions, band sigmas)."""
+    cal = _fit_prepared(p, train)[0] if len(train) else Calibration()
+    sig = np.zeros(len(test))
+    return _with_calib(_subset(p, test), cal, sig), sig
+
+
+_WORKER_P: Prepared | None = None  # a worker process's copy of the prepared rows
+
+
+def _worker_init(p: Prepared) -> None:
+    global _WORKER_P
+    _WORKER_P = p
+
+
+def _worker_fold(test: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    assert _WORKER_P is not None
+    return _fold(_WORKER_P, test, train)
+
+
+def default_jobs() -> int:
+    """Worker processes for the cross-validation: the CPUs this process may use."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return max(os.cpu_count() or 1, 1)
+
+
 def loso_cv(cat: Catalog, rows: list[dict[str, str]],
-            progress: Callable[[int, int], None] | None = None, details: bool = False
-            ) -> dict[str, Any]:
+            progress: Callable[[int, int], None] | None = None, details: bool = False,
+            jobs: int = 1) -> dict[str, Any]:
     """Leave-one-source-out predictions for every modelable row, with breakdowns (``details``:
-    as in ``validate_rows``, with each row's held-out band)."""
+    as in ``validate_rows``, with each row's held-out band). The folds are independent, so
+    ``jobs`` > 1 fits them in that many worker processes; the result is the same."""
     obs, skipped = map_rows(cat, rows)
     p, sk2 = prepare(cat, obs, Calibration())
     sources = np.array([o.source for o in p.obs])
     uniq = list(dict.fromkeys(sources))
     pred = np.full(len(p.obs), np.nan)
     sigma = np.full(len(p.obs), np.nan)
-    for k, src in enumerate(uniq):
-        test = np.flatnonzero(sources == src)
-        train = np.flatnonzero(sources != src)
-        cal = _fit_prepared(p, train)[0] if len(train) else Calibration()
-        sig = np.zeros(len(test))
-        pred[test] = _with_calib(_subset(p, test), cal, sig)
-        sigma[test] = sig
-        if progress:
-            progress(k + 1, len(uniq))
+    folds = [(np.flatnonzero(sources == src), np.flatnonzero(sources != src)) for src in uniq]
+    jobs = max(1, min(jobs, len(folds)))
+    if jobs == 1:
+        for k, (test, train) in enumerate(folds):
+            pred[test], sigma[test] = _fold(p, test, train)
+            if progress:
+                progress(k + 1, len(folds))
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init,
+                                 initargs=(p,)) as pool:
+            futs = {pool.submit(_worker_fold, test, train): test for test, train in folds}
+            for k, fut in enumerate(as_completed(futs), start=1):
+                pred[futs[fut]], sigma[futs[fut]] = fut.result()
+                if progress:
+                    progress(k, len(folds))
     a = ape(pred, p.measured)
     by = {}
     for name, key in (("vendor", lambda o: o.vendor), ("stack", lambda o: o.stack),
