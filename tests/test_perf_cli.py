@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -322,8 +323,10 @@ def test_cv_in_worker_processes_gives_the_same_result(cli, tmp_path):
     rows = _sample_rows(3, 2, ("output_tokens_per_s", "ttft_ms"))
     one = loso_cv(load_catalog(), rows, jobs=1, details=True)
     done: list[tuple[int, int]] = []
+    env = dict(os.environ)
     two = loso_cv(load_catalog(), rows, jobs=2, details=True,
                   progress=lambda k, n: done.append((k, n)))
+    assert dict(os.environ) == env  # the workers' one-BLAS-thread setting is not left behind
     assert [r["predicted"] for r in one["rows"]] == [r["predicted"] for r in two["rows"]]
     assert [(d["p10"], d["p90"]) for d in one["details"]] == [
         (d["p10"], d["p90"]) for d in two["details"]]
