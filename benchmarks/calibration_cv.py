@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--report", default=None, help="also write the held-out rows as an HTML page")
     ap.add_argument("--jobs", type=int, default=None,
-                    help="worker processes (default: the CPUs available; same result)")
+                    help="worker processes (default: the CPUs available, at most 8; same result)")
     args = ap.parse_args()
     cat = load_catalog()
     rows = []

@@ -318,8 +318,9 @@ def test_validate_cv_band_coverage_per_metric(cli, tmp_path):
 def test_cv_in_worker_processes_gives_the_same_result(cli, tmp_path):
     """The folds are independent: fitted in two worker processes they give exactly what one
     process gives, row for row, and the CLI's --jobs reaches the same figures."""
-    from moatmeter.perf.validate import loso_cv
+    from moatmeter.perf.validate import MAX_DEFAULT_JOBS, default_jobs, loso_cv
 
+    assert 1 <= default_jobs() <= MAX_DEFAULT_JOBS
     rows = _sample_rows(3, 2, ("output_tokens_per_s", "ttft_ms"))
     one = loso_cv(load_catalog(), rows, jobs=1, details=True)
     done: list[tuple[int, int]] = []

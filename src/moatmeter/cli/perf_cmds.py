@@ -183,7 +183,7 @@ def validate_cmd(
         "bands, error distribution per vendor, breakdowns, worst rows.")] = None,
     jobs: Annotated[int | None, typer.Option(
         "--jobs", "-j", help="Worker processes for --cv, one fold each at a time "
-        "(default: the CPUs available); the result does not depend on it.")] = None,
+        "(default: the CPUs available, at most 8); the result does not depend on it.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Predict every observation row and compare with the measured value (APE).

@@ -205,12 +205,17 @@ def _worker_fold(test: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.nd
     return _fold(_WORKER_P, test, train)
 
 
+MAX_DEFAULT_JOBS = 8  # each worker holds its own numpy / scipy and a copy of the rows (~150 MB)
+
+
 def default_jobs() -> int:
-    """Worker processes for the cross-validation: the CPUs this process may use."""
+    """Worker processes for the cross-validation: the CPUs this process may use, at most
+    ``MAX_DEFAULT_JOBS`` unless asked for more."""
     try:
-        return max(len(os.sched_getaffinity(0)), 1)
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(os.cpu_count() or 1, 1)
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_DEFAULT_JOBS))
 
 
 def loso_cv(cat: Catalog, rows: list[dict[str, str]],
