@@ -2,8 +2,10 @@
 
 For every source (document) in the observations, refit the calibration from the priors on all
 other sources and predict the held-out rows; print median and p90 absolute percentage error
-overall, per vendor, per stack, per metric and per source; and, on the configurations that more
-than one source measured, how well the sources agree with each other (the data's noise floor).
+overall, per vendor, per stack, per metric and per source; on the configurations that more
+than one source measured, how well the sources agree with each other (the data's noise floor);
+and where the held-out error lies (``moatmeter.perf.error_structure``: between or within
+documents, and whether the configuration could have predicted it).
 
     python3 benchmarks/calibration_cv.py [--observations FILE.csv ...] [--json] [--report cv.html]
         [--jobs N]
@@ -19,6 +21,7 @@ from collections import defaultdict
 import numpy as np
 
 from moatmeter.catalog.load import load_catalog
+from moatmeter.perf.error_structure import error_structure
 from moatmeter.perf.observations import bundled_observations, read_observations
 from moatmeter.perf.validate import default_jobs, loso_cv, source_agreement
 
@@ -27,6 +30,27 @@ def _fmt(s: dict) -> str:
     if not s["n"]:
         return "n=0"
     return f"median {100 * s['median_ape']:5.1f} %  p90 {100 * s['p90_ape']:6.1f} %  n={s['n']}"
+
+
+def _brief(s: dict) -> str:
+    return (f"median {100 * s['median_ape']:5.1f} %  p90 {100 * s['p90_ape']:6.1f} %  "
+            f"{s['beyond_35']:4d} of {s['n']} beyond 35 %")
+
+
+def _print_structure(st: dict) -> None:
+    v = st["log_error_variance"]
+    print(f"where the held-out error lies: variance of log(predicted / measured) {v['total']:.4f}, "
+          f"{100 * v['between_documents'] / v['total']:.0f} % between documents' means, "
+          f"{100 * v['within_documents'] / v['total']:.0f} % within documents")
+    lines = [("held out, as predicted", st["held_out"]),
+             ("oracle: each document's median error removed", st["oracle_offset"]["per_document"]),
+             ("oracle: ... each document's per metric", st["oracle_offset"]["per_document_metric"])]
+    lines += [(f"residual learned from the other documents, ridge {k.replace('_', ' ')}", f)
+              for k, f in st["loso_ridge_correction"].items()]
+    lines += [(f"rows whose accelerator x engine x model {k} other documents measured", f)
+              for k, f in st["by_other_documents"].items()]
+    for label, f in lines:
+        print(f"  {label:<72} {_brief(f)}")
 
 
 def main() -> None:
@@ -51,8 +75,9 @@ def main() -> None:
 
         write_validation_report(cv, args.report, "bundled observations (leave-one-source-out)")
     s = cv["summary"]
+    structure = error_structure(rows, cv["rows"])
     if args.json:
-        print(json.dumps(s, indent=1))
+        print(json.dumps({**s, "error_structure": structure}, indent=1))
         return
     print(f"leave-one-source-out over {s['sources']} sources, {s['n']} rows modelled, "
           f"{len(s['skipped'])} skipped ({dt:.0f} s, {jobs} worker process"
@@ -74,6 +99,7 @@ def main() -> None:
           f"predicted by the other sources' figure: median {100 * np.median(other):.1f} %, p90 "
           f"{100 * np.percentile(other, 90):.1f} %; by the held-out model: median "
           f"{100 * np.median(held):.1f} %, p90 {100 * np.percentile(held, 90):.1f} %")
+    _print_structure(structure)
     for name in ("coverage", "vendor", "stack", "metric", "scenario"):
         print(f"per {name}:")
         for k, v in s["by"][name].items():

@@ -1,0 +1,113 @@
+"""Where cross-validated error lies: between documents or within them, and whether it is learnable.
+
+Leave-one-source-out cross-validation says how wrong the model is on a document it never saw;
+this module says what kind of wrong. Three questions, each answered on the held-out predictions:
+
+- **Between or within documents?** The variance of log(predicted / measured) splits into the
+  spread of the documents' mean errors (a harness, a software build or a cluster that runs
+  faster or slower than the rest) and the spread within each document (the model's shape across
+  concurrency, lengths and metrics). Removing each group's own median error - an oracle no model
+  has - bounds what a per-document correction could ever win.
+- **Does more data help?** The error of rows whose accelerator x engine x model other documents
+  also measured, by how many: if rows with several siblings miss as often as lone ones, the
+  misses are disagreements between sources, not gaps in coverage.
+- **Is the residual learnable?** A ridge regression of the residual on the configuration
+  (one-hot metric, scenario, engine, backend, accelerator, model, precision; log lengths, log
+  concurrency, device count), fitted on the other documents' residuals and applied to the
+  held-out one. If that makes the held-out error worse, the configuration does not carry what
+  the model misses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+CATEGORICAL = ("metric", "scenario", "engine", "backend", "accelerator", "model", "weight_dtype")
+NUMERIC = ("input_len", "output_len", "concurrency", "count")
+RIDGE_LAMBDAS = (1.0, 10.0, 100.0)  # weak to strong shrinkage towards no correction
+MISS = 0.35  # the p90 target: a row beyond it is a miss
+
+
+def _stats(r: np.ndarray) -> dict[str, float]:
+    a = np.abs(np.expm1(r))  # APE of a prediction whose log error is r
+    return {"n": len(a), "median_ape": float(np.median(a)) if len(a) else float("nan"),
+            "p90_ape": float(np.percentile(a, 90)) if len(a) else float("nan"),
+            "beyond_35": int((a > MISS).sum())}
+
+
+def _demean(r: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``r`` less each group's median: what a perfect per-group correction leaves."""
+    out = r.copy()
+    for k in np.unique(keys):
+        m = keys == k
+        out[m] -= np.median(r[m])
+    return out
+
+
+def _float(v: str | None) -> float:
+    try:
+        return float(v) if v not in (None, "") else float("nan")
+    except ValueError:
+        return float("nan")
+
+
+def _design(rows: list[dict[str, str]]) -> np.ndarray:
+    cols = []
+    for name in CATEGORICAL:
+        v = np.array([r.get(name, "").strip() for r in rows])
+        cols += [(v == u).astype(float) for u in np.unique(v)]
+    for name in NUMERIC:
+        x = np.log1p(np.nan_to_num(np.array([_float(r.get(name)) for r in rows]), nan=0.0))
+        cols.append((x - x.mean()) / (x.std() or 1.0))
+    return np.column_stack(cols)
+
+
+def _loso_ridge(z: np.ndarray, r: np.ndarray, docs: np.ndarray, lam: float) -> np.ndarray:
+    """Each document's residual as a ridge fit on the other documents' residuals predicts it."""
+    fitted = np.zeros(len(r))
+    eye = lam * np.eye(z.shape[1])
+    for d in np.unique(docs):
+        te = docs == d
+        a, y = z[~te], r[~te]
+        mu = y.mean()
+        beta = np.linalg.solve(a.T @ a + eye, a.T @ (y - mu))
+        fitted[te] = mu + z[te] @ beta
+    return fitted
+
+
+def error_structure(rows: list[dict[str, str]], held_out: list[dict[str, Any]]) -> dict[str, Any]:
+    """Decompose cross-validated errors (``held_out``: rows with id, predicted, measured, as
+    ``loso_cv`` returns them) using the observation ``rows`` they came from."""
+    by_id = {r["id"]: r for r in rows}
+    obs = [by_id[h["id"]] for h in held_out]
+    r = np.log(np.array([h["predicted"] for h in held_out])
+               / np.array([h["measured"] for h in held_out]))
+    docs = np.array([o["source"] for o in obs])
+    metric = np.array([o["metric"] for o in obs])
+    doc_mean = {d: r[docs == d].mean() for d in np.unique(docs)}
+    between = np.array([doc_mean[d] for d in docs])
+    out: dict[str, Any] = {
+        "held_out": _stats(r),
+        "log_error_variance": {"total": float(r.var()), "between_documents": float(between.var()),
+                               "within_documents": float((r - between).var())},
+        "oracle_offset": {
+            "per_document": _stats(_demean(r, docs)),
+            "per_document_metric": _stats(_demean(r, np.char.add(docs, "|" + metric))),
+        },
+    }
+    # rows by how many other documents measured the same accelerator x engine x model
+    trip = np.array(["|".join(o.get(k, "").strip() for k in ("accelerator", "engine", "model"))
+                     for o in obs])
+    docs_of: dict[str, set[str]] = {}
+    for t, d in zip(trip, docs, strict=True):
+        docs_of.setdefault(t, set()).add(d)
+    others = np.array([len(docs_of[t]) - 1 for t in trip])
+    out["by_other_documents"] = {
+        label: _stats(r[(others >= lo) & (others <= hi)])
+        for label, lo, hi in (("0", 0, 0), ("1", 1, 1), ("2-3", 2, 3), ("4+", 4, 10**9))}
+    z = _design(obs)
+    out["loso_ridge_correction"] = {
+        f"lambda_{lam:g}": _stats(r - _loso_ridge(z, r, docs, lam)) for lam in RIDGE_LAMBDAS}
+    return out
