@@ -4,8 +4,8 @@ For every source (document) in the observations, refit the calibration from the 
 other sources and predict the held-out rows; print median and p90 absolute percentage error
 overall, per vendor, per stack, per metric and per source; on the configurations that more
 than one source measured, how well the sources agree with each other (the data's noise floor);
-and where the held-out error lies (``moatmeter.perf.error_structure``: between or within
-documents, and whether the configuration could have predicted it).
+and where the held-out error lies (``moatmeter.perf.error_structure``, in the summary: between
+or within documents, and whether the configuration could have predicted it).
 
     python3 benchmarks/calibration_cv.py [--observations FILE.csv ...] [--json] [--report cv.html]
         [--jobs N]
@@ -21,7 +21,6 @@ from collections import defaultdict
 import numpy as np
 
 from moatmeter.catalog.load import load_catalog
-from moatmeter.perf.error_structure import error_structure
 from moatmeter.perf.observations import bundled_observations, read_observations
 from moatmeter.perf.validate import default_jobs, loso_cv, source_agreement
 
@@ -33,6 +32,8 @@ def _fmt(s: dict) -> str:
 
 
 def _brief(s: dict) -> str:
+    if not s["n"]:
+        return "n=0"
     return (f"median {100 * s['median_ape']:5.1f} %  p90 {100 * s['p90_ape']:6.1f} %  "
             f"{s['beyond_35']:4d} of {s['n']} beyond 35 %")
 
@@ -75,9 +76,8 @@ def main() -> None:
 
         write_validation_report(cv, args.report, "bundled observations (leave-one-source-out)")
     s = cv["summary"]
-    structure = error_structure(rows, cv["rows"])
     if args.json:
-        print(json.dumps({**s, "error_structure": structure}, indent=1))
+        print(json.dumps(s, indent=1))
         return
     print(f"leave-one-source-out over {s['sources']} sources, {s['n']} rows modelled, "
           f"{len(s['skipped'])} skipped ({dt:.0f} s, {jobs} worker process"
@@ -99,7 +99,7 @@ def main() -> None:
           f"predicted by the other sources' figure: median {100 * np.median(other):.1f} %, p90 "
           f"{100 * np.percentile(other, 90):.1f} %; by the held-out model: median "
           f"{100 * np.median(held):.1f} %, p90 {100 * np.percentile(held, 90):.1f} %")
-    _print_structure(structure)
+    _print_structure(s["error_structure"])
     for name in ("coverage", "vendor", "stack", "metric", "scenario"):
         print(f"per {name}:")
         for k, v in s["by"][name].items():

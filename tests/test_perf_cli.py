@@ -298,6 +298,15 @@ def test_calibrate_then_validate_cv(cli, tmp_path):
     assert cv["cv"] == "leave-one-source-out" and cv["sources"] == 2
     assert cv["n"] == len(rows) and "vendor" in cv["by"] and "stack" in cv["by"]
     assert ins["median_ape"] <= cv["median_ape"] + 1e-9  # held-out error is never better here
+    st = cv["error_structure"]  # where that error lies, on the same held-out rows
+    assert st["held_out"]["n"] == cv["n"]
+    assert st["held_out"]["p90_ape"] == pytest.approx(cv["p90_ape"])
+    v = st["log_error_variance"]
+    assert v["between_documents"] + v["within_documents"] == pytest.approx(v["total"])
+    assert sum(g["n"] for g in st["by_other_documents"].values()) == cv["n"]
+    p4 = cli("validate", "--observations", str(f), "--cv")
+    assert p4.returncode == 0, p4.stderr
+    assert "variance between the sources' mean errors" in p4.stdout
 
 
 def test_validate_cv_band_coverage_per_metric(cli, tmp_path):

@@ -29,6 +29,7 @@ from moatmeter.perf.calibrate import (
     source_weights,
     trend_key,
 )
+from moatmeter.perf.error_structure import error_structure
 from moatmeter.perf.observations import (
     OFFLINE_MAX_BATCH,
     OFFLINE_MAX_BATCH_DEFAULT,
@@ -290,12 +291,15 @@ def loso_cv(cat: Catalog, rows: list[dict[str, str]],
     band_by_cov = {g: _coverage(_subset(p, np.array(ix, int)), pred[ix], sigma[ix])[0]
                    for g, ix in known.items() if ix}
     band, by_metric = _coverage(p, pred, sigma)
-    return _report(p, pred, skipped + sk2, {"cv": "leave-one-source-out",
-                                            "sources": len(uniq), "by": by,
-                                            "p10_p90_band_coverage": band,
-                                            "p10_p90_band_coverage_by_metric": by_metric,
-                                            "p10_p90_band_coverage_by_coverage": band_by_cov},
-                   sigma if details else None)
+    out = _report(p, pred, skipped + sk2, {"cv": "leave-one-source-out",
+                                           "sources": len(uniq), "by": by,
+                                           "p10_p90_band_coverage": band,
+                                           "p10_p90_band_coverage_by_metric": by_metric,
+                                           "p10_p90_band_coverage_by_coverage": band_by_cov},
+                  sigma if details else None)
+    if len(p.obs):
+        out["summary"]["error_structure"] = error_structure(rows, out["rows"])
+    return out
 
 
 # What makes two observation rows the same configuration for ``source_agreement``: everything
