@@ -48,7 +48,7 @@ def _print_structure(st: dict) -> None:
              ("oracle: ... each document's per metric", st["oracle_offset"]["per_document_metric"])]
     lines += [(f"residual learned from the other documents, ridge {k.replace('_', ' ')}", f)
               for k, f in st["loso_ridge_correction"].items()]
-    lines += [(f"rows whose accelerator x engine x model {k} other documents measured", f)
+    lines += [(f"rows whose accelerator x stack x model {k} other documents measured", f)
               for k, f in st["by_other_documents"].items()]
     for label, f in lines:
         print(f"  {label:<72} {_brief(f)}")

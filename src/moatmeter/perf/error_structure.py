@@ -8,11 +8,11 @@ this module says what kind of wrong. Three questions, each answered on the held-
   faster or slower than the rest) and the spread within each document (the model's shape across
   concurrency, lengths and metrics). Removing each group's own median error - an oracle no model
   has - bounds what a per-document correction could ever win.
-- **Does more data help?** The error of rows whose accelerator x engine x model other documents
+- **Does more data help?** The error of rows whose accelerator x stack x model other documents
   also measured, by how many: if rows with several siblings miss as often as lone ones, the
   misses are disagreements between sources, not gaps in coverage.
 - **Is the residual learnable?** A ridge regression of the residual on the configuration
-  (one-hot metric, scenario, engine, backend, accelerator, model, precision; log lengths, log
+  (one-hot metric, scenario, stack, accelerator, model, precision; log lengths, log
   concurrency, device count), fitted on the other documents' residuals and applied to the
   held-out one. If that makes the held-out error worse, the configuration does not carry what
   the model misses.
@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-CATEGORICAL = ("metric", "scenario", "engine", "backend", "accelerator", "model", "weight_dtype")
-NUMERIC = ("input_len", "output_len", "concurrency", "count")
+# What ``error_structure`` reads of each row: the document, then its configuration in catalog ids
+CATEGORICAL = ("metric", "scenario", "stack", "accelerator", "model", "weight_dtype")
+NUMERIC = ("input_len", "output_len", "concurrency", "devices")
 RIDGE_LAMBDAS = (1.0, 10.0, 100.0)  # weak to strong shrinkage towards no correction
 MISS = 0.35  # the p90 target: a row beyond it is a miss
 
@@ -47,20 +48,13 @@ def _demean(r: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return out
 
 
-def _float(v: str | None) -> float:
-    try:
-        return float(v) if v not in (None, "") else float("nan")
-    except ValueError:
-        return float("nan")
-
-
-def _design(rows: list[dict[str, str]]) -> np.ndarray:
+def _design(rows: list[dict[str, Any]]) -> np.ndarray:
     cols = []
     for name in CATEGORICAL:
-        v = np.array([r.get(name, "").strip() for r in rows])
+        v = np.array([str(r[name]) for r in rows])
         cols += [(v == u).astype(float) for u in np.unique(v)]
     for name in NUMERIC:
-        x = np.log1p(np.nan_to_num(np.array([_float(r.get(name)) for r in rows]), nan=0.0))
+        x = np.log1p(np.nan_to_num(np.array([float(r[name]) for r in rows]), nan=0.0))
         cols.append((x - x.mean()) / (x.std() or 1.0))
     return np.column_stack(cols)
 
@@ -80,15 +74,14 @@ def _loso_ridge(z: np.ndarray, r: np.ndarray, docs: np.ndarray, lam: float) -> n
     return fitted
 
 
-def error_structure(rows: list[dict[str, str]], held_out: list[dict[str, Any]]) -> dict[str, Any]:
-    """Decompose cross-validated errors (``held_out``: rows with id, predicted, measured, as
-    ``loso_cv`` returns them) using the observation ``rows`` they came from."""
-    by_id = {r["id"]: r for r in rows}
-    obs = [by_id[h["id"]] for h in held_out]
-    r = np.log(np.array([h["predicted"] for h in held_out])
-               / np.array([h["measured"] for h in held_out]))
-    docs = np.array([o["source"] for o in obs])
-    metric = np.array([o["metric"] for o in obs])
+def error_structure(rows: list[dict[str, Any]], predicted: np.ndarray, measured: np.ndarray
+                    ) -> dict[str, Any]:
+    """Decompose held-out errors. ``rows``: per prediction, its ``source`` and the fields of
+    ``CATEGORICAL`` and ``NUMERIC`` (catalog ids, so that two documents' spellings of one
+    accelerator count as one)."""
+    r = np.log(np.asarray(predicted, float) / np.asarray(measured, float))
+    docs = np.array([o["source"] for o in rows])
+    metric = np.array([o["metric"] for o in rows])
     doc_mean = {d: r[docs == d].mean() for d in np.unique(docs)}
     between = np.array([doc_mean[d] for d in docs])
     out: dict[str, Any] = {
@@ -100,9 +93,8 @@ def error_structure(rows: list[dict[str, str]], held_out: list[dict[str, Any]]) 
             "per_document_metric": _stats(_demean(r, np.char.add(docs, "|" + metric))),
         },
     }
-    # rows by how many other documents measured the same accelerator x engine x model
-    trip = np.array(["|".join(o.get(k, "").strip() for k in ("accelerator", "engine", "model"))
-                     for o in obs])
+    # rows by how many other documents measured the same accelerator x stack x model
+    trip = np.array(["|".join(str(o[k]) for k in ("accelerator", "stack", "model")) for o in rows])
     docs_of: dict[str, set[str]] = {}
     for t, d in zip(trip, docs, strict=True):
         docs_of.setdefault(t, set()).add(d)
@@ -110,7 +102,7 @@ def error_structure(rows: list[dict[str, str]], held_out: list[dict[str, Any]]) 
     out["by_other_documents"] = {
         label: _stats(r[(others >= lo) & (others <= hi)])
         for label, lo, hi in (("0", 0, 0), ("1", 1, 1), ("2-3", 2, 3), ("4+", 4, 10**9))}
-    z = _design(obs)
+    z = _design(rows)
     out["loso_ridge_correction"] = {
         f"lambda_{lam:g}": _stats(r - _loso_ridge(z, r, docs, lam)) for lam in RIDGE_LAMBDAS}
     return out

@@ -298,7 +298,12 @@ def loso_cv(cat: Catalog, rows: list[dict[str, str]],
                                            "p10_p90_band_coverage_by_coverage": band_by_cov},
                   sigma if details else None)
     if len(p.obs):
-        out["summary"]["error_structure"] = error_structure(rows, out["rows"])
+        keys = [{"source": o.source, "metric": o.metric, "scenario": o.scenario, "stack": o.stack,
+                 "accelerator": o.accelerator, "model": o.model, "weight_dtype": o.weight_dtype,
+                 "input_len": o.input_len, "output_len": o.output_len,
+                 "concurrency": o.concurrency, "devices": o.tp * o.pp * o.replicas}
+                for o in p.obs]
+        out["summary"]["error_structure"] = error_structure(keys, pred, p.measured)
     return out
 
 
