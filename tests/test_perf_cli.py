@@ -461,6 +461,11 @@ def test_validate_report_beside_unchanged_json(cli, tmp_path):
     html = page.read_text(encoding="utf-8")
     assert "Leave-one-source-out cross-validation over 2 sources" in html
     assert f"{d['summary']['n']} rows: median APE <b>{d['summary']['median_ape']:.1%}</b>" in html
+    st = d["summary"]["error_structure"]
+    assert "<h2>Where the held-out error lies</h2>" in html
+    assert (f"<td>held out, as predicted</td><td>{st['held_out']['n']}</td>"
+            f"<td>{st['held_out']['median_ape']:.1%}</td><td>{st['held_out']['p90_ape']:.1%}</td>"
+            ) in html
     from moatmeter.catalog.load import load_catalog
     from moatmeter.perf.validate import loso_cv
 

@@ -128,6 +128,37 @@ def _group_rows(details: list[dict[str, Any]], key: str) -> list[list[Any]]:
     return out
 
 
+def _structure(st: dict[str, Any] | None) -> str:
+    """The cross-validation's error split (``perf.error_structure``) as a section, if present."""
+    if not st:
+        return ""
+    v = st["log_error_variance"]
+    lines = [("held out, as predicted", st["held_out"]),
+             ("oracle: each source's own median error removed",
+              st["oracle_offset"]["per_document"]),
+             ("oracle: each source's median error per metric removed",
+              st["oracle_offset"]["per_document_metric"])]
+    lines += [(f"residual learned from the other sources (ridge, {k.replace('_', ' ')})", f)
+              for k, f in st["loso_ridge_correction"].items()]
+    lines += [(f"rows whose accelerator x stack x model {k} other sources measured", f)
+              for k, f in st["by_other_documents"].items()]
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    rows = [[label, f["n"], pct(f["median_ape"]), pct(f["p90_ape"]), f["beyond_35"]]
+            for label, f in lines]
+    split = (f"{v['between_documents'] / v['total']:.0%} of the variance of log(predicted / "
+             f"measured) lies between the sources' mean errors, "
+             f"{v['within_documents'] / v['total']:.0%} within sources. The oracles know what "
+             "no held-out model can (each source's own offset); the ridge rows show whether the "
+             "configuration a row records could have predicted its error."
+             if v["total"] > 0 else "No error to split.")
+    return ("<h2>Where the held-out error lies</h2>\n"
+            f"<p>{_e(split)}</p>\n"
+            + _table(["", "rows", "median APE", "p90 APE", "rows > 35 %"], rows, "by"))
+
+
 def render(result: dict[str, Any], title: str) -> str:
     """The page for a `validate_rows` / `loso_cv` result made with ``details=True``."""
     details = result.get("details")
@@ -182,6 +213,7 @@ table.worst td:last-child, table.by td:first-child {{ max-width: 560px; }}
 {headline}
 <h2>Figures</h2>
 {divs}
+{_structure(s.get("error_structure"))}
 <h2>Breakdowns</h2>
 {breakdowns}
 <h2>The {len(worst)} largest errors</h2>
