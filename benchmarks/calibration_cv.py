@@ -21,6 +21,7 @@ from collections import defaultdict
 import numpy as np
 
 from moatmeter.catalog.load import load_catalog
+from moatmeter.perf.error_structure import table, variance_split
 from moatmeter.perf.observations import bundled_observations, read_observations
 from moatmeter.perf.validate import default_jobs, loso_cv, source_agreement
 
@@ -39,18 +40,8 @@ def _brief(s: dict) -> str:
 
 
 def _print_structure(st: dict) -> None:
-    v = st["log_error_variance"]
-    print(f"where the held-out error lies: variance of log(predicted / measured) {v['total']:.4f}, "
-          f"{100 * v['between_documents'] / v['total']:.0f} % between documents' means, "
-          f"{100 * v['within_documents'] / v['total']:.0f} % within documents")
-    lines = [("held out, as predicted", st["held_out"]),
-             ("oracle: each document's median error removed", st["oracle_offset"]["per_document"]),
-             ("oracle: ... each document's per metric", st["oracle_offset"]["per_document_metric"])]
-    lines += [(f"residual learned from the other documents, ridge {k.replace('_', ' ')}", f)
-              for k, f in st["loso_ridge_correction"].items()]
-    lines += [(f"rows whose accelerator x stack x model {k} other documents measured", f)
-              for k, f in st["by_other_documents"].items()]
-    for label, f in lines:
+    print(f"where the held-out error lies: {variance_split(st)}")
+    for label, f in table(st):
         print(f"  {label:<72} {_brief(f)}")
 
 

@@ -66,3 +66,11 @@ def test_rows_are_counted_by_the_other_documents_that_measured_their_configurati
     s = _run(rows, [0.0] * len(rows))
     by = s["by_other_documents"]
     assert by["0"]["n"] == 1 and by["1"]["n"] == 2 and by["2-3"]["n"] == 4 and by["4+"]["n"] == 0
+
+
+def test_a_row_no_fold_could_predict_is_left_out():
+    rows = [_row("doc A"), _row("doc B"), _row("doc C")]
+    measured = np.full(3, 100.0)
+    s = error_structure(rows, np.array([110.0, np.nan, 90.0]), measured)
+    assert s["held_out"]["n"] == 2 and s["by_other_documents"]["2-3"]["n"] == 2
+    assert all(np.isfinite(v) for v in s["log_error_variance"].values())

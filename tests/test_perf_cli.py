@@ -306,7 +306,8 @@ def test_calibrate_then_validate_cv(cli, tmp_path):
     assert sum(g["n"] for g in st["by_other_documents"].values()) == cv["n"]
     p4 = cli("validate", "--observations", str(f), "--cv")
     assert p4.returncode == 0, p4.stderr
-    assert "variance between the sources' mean errors" in p4.stdout
+    assert "of the variance of log(predicted / measured) lies between the sources' mean errors" \
+        in p4.stdout
 
 
 def test_validate_cv_band_coverage_per_metric(cli, tmp_path):

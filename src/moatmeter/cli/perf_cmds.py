@@ -241,16 +241,12 @@ def validate_cmd(
                               for g, v in groups.items())
             console.print(f"per {name} (median/p90): {parts}", highlight=False)
     if "error_structure" in s:
+        from moatmeter.perf.error_structure import variance_split
+
         st = s["error_structure"]
-        v = st["log_error_variance"]
-        if v["total"] > 0:
-            ora = st["oracle_offset"]["per_document"]
-            console.print(
-                f"held-out error: {100 * v['between_documents'] / v['total']:.0f} % of its "
-                f"variance between the sources' mean errors, "
-                f"{100 * v['within_documents'] / v['total']:.0f} % within sources; removing each "
-                f"source's own median error would leave p90 {_pct(ora['p90_ape'])}",
-                highlight=False)
+        console.print(f"held-out error: {variance_split(st)}; removing each source's own median "
+                      f"error would leave p90 "
+                      f"{_pct(st['oracle_offset']['per_document']['p90_ape'])}", highlight=False)
     for sk in s["skipped"]:
         console.print(f"skipped {sk['id']}: {sk['reason']}", highlight=False, style="dim")
 

@@ -80,6 +80,9 @@ def error_structure(rows: list[dict[str, Any]], predicted: np.ndarray, measured:
     ``CATEGORICAL`` and ``NUMERIC`` (catalog ids, so that two documents' spellings of one
     accelerator count as one)."""
     r = np.log(np.asarray(predicted, float) / np.asarray(measured, float))
+    ok = np.isfinite(r)  # a row no fold could predict says nothing about where error lies
+    r = r[ok]
+    rows = [o for o, k in zip(rows, ok, strict=True) if k]
     docs = np.array([o["source"] for o in rows])
     metric = np.array([o["metric"] for o in rows])
     doc_mean = {d: r[docs == d].mean() for d in np.unique(docs)}
@@ -106,3 +109,27 @@ def error_structure(rows: list[dict[str, Any]], predicted: np.ndarray, measured:
     out["loso_ridge_correction"] = {
         f"lambda_{lam:g}": _stats(r - _loso_ridge(z, r, docs, lam)) for lam in RIDGE_LAMBDAS}
     return out
+
+
+def table(st: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``error_structure``'s result as labelled lines, in reading order (for text and HTML)."""
+    lines = [("held out, as predicted", st["held_out"]),
+             ("oracle: each source's own median error removed",
+              st["oracle_offset"]["per_document"]),
+             ("oracle: each source's median error per metric removed",
+              st["oracle_offset"]["per_document_metric"])]
+    lines += [(f"residual learned from the other sources (ridge, {k.replace('_', ' ')})", f)
+              for k, f in st["loso_ridge_correction"].items()]
+    lines += [(f"rows whose accelerator x stack x model {k} other sources measured", f)
+              for k, f in st["by_other_documents"].items()]
+    return lines
+
+
+def variance_split(st: dict[str, Any]) -> str:
+    """One sentence: how much of the held-out log error lies between sources, how much within."""
+    v = st["log_error_variance"]
+    if not v["total"] > 0:
+        return "no held-out error to split"
+    return (f"{v['between_documents'] / v['total']:.0%} of the variance of log(predicted / "
+            f"measured) lies between the sources' mean errors, "
+            f"{v['within_documents'] / v['total']:.0%} within sources")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from moatmeter.errors import InputError
+from moatmeter.perf.error_structure import table, variance_split
 from moatmeter.report.html import CSP, _clean, _e, _table, figure_scripts
 
 VENDOR_COLORS = {"nvidia": "#76b900", "amd": "#ed1c24", "intel": "#0071c5", "apple": "#555555"}
@@ -132,30 +133,17 @@ def _structure(st: dict[str, Any] | None) -> str:
     """The cross-validation's error split (``perf.error_structure``) as a section, if present."""
     if not st:
         return ""
-    v = st["log_error_variance"]
-    lines = [("held out, as predicted", st["held_out"]),
-             ("oracle: each source's own median error removed",
-              st["oracle_offset"]["per_document"]),
-             ("oracle: each source's median error per metric removed",
-              st["oracle_offset"]["per_document_metric"])]
-    lines += [(f"residual learned from the other sources (ridge, {k.replace('_', ' ')})", f)
-              for k, f in st["loso_ridge_correction"].items()]
-    lines += [(f"rows whose accelerator x stack x model {k} other sources measured", f)
-              for k, f in st["by_other_documents"].items()]
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x:.1%}"
 
     rows = [[label, f["n"], pct(f["median_ape"]), pct(f["p90_ape"]), f["beyond_35"]]
-            for label, f in lines]
-    split = (f"{v['between_documents'] / v['total']:.0%} of the variance of log(predicted / "
-             f"measured) lies between the sources' mean errors, "
-             f"{v['within_documents'] / v['total']:.0%} within sources. The oracles know what "
-             "no held-out model can (each source's own offset); the ridge rows show whether the "
-             "configuration a row records could have predicted its error."
-             if v["total"] > 0 else "No error to split.")
+            for label, f in table(st)]
+    text = (f"{variance_split(st)}. The oracles know what no held-out model can (each source's "
+            "own offset); the ridge rows show whether the configuration a row records could have "
+            "predicted its error.")
     return ("<h2>Where the held-out error lies</h2>\n"
-            f"<p>{_e(split)}</p>\n"
+            f"<p>{_e(text[0].upper() + text[1:])}</p>\n"
             + _table(["", "rows", "median APE", "p90 APE", "rows > 35 %"], rows, "by"))
 
 
