@@ -72,5 +72,6 @@ def test_a_row_no_fold_could_predict_is_left_out():
     rows = [_row("doc A"), _row("doc B"), _row("doc C")]
     measured = np.full(3, 100.0)
     s = error_structure(rows, np.array([110.0, np.nan, 90.0]), measured)
-    assert s["held_out"]["n"] == 2 and s["by_other_documents"]["2-3"]["n"] == 2
+    # doc B is gone from the sibling count too: A and C have one other document each
+    assert s["held_out"]["n"] == 2 and s["by_other_documents"]["1"]["n"] == 2
     assert all(np.isfinite(v) for v in s["log_error_variance"].values())
