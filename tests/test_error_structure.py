@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from moatmeter.perf.error_structure import error_structure
+from moatmeter.perf.error_structure import error_structure, variance_split
 
 
 def _row(doc: str, metric: str = "output_tokens_per_s", acc: str = "h100-sxm",
@@ -23,6 +23,7 @@ def test_pure_document_offsets_are_all_between_documents():
     rows = [_row(d, conc=2.0 ** i) for d in offsets for i in range(4)]
     err = [offsets[r["source"]] for r in rows]
     s = _run(rows, err)
+    assert s["documents"] == 3 and "between the sources' mean errors" in variance_split(s)
     v = s["log_error_variance"]
     assert v["within_documents"] == pytest.approx(0.0, abs=1e-12)
     assert v["between_documents"] == pytest.approx(v["total"])
@@ -75,3 +76,9 @@ def test_a_row_no_fold_could_predict_is_left_out():
     # doc B is gone from the sibling count too: A and C have one other document each
     assert s["held_out"]["n"] == 2 and s["by_other_documents"]["1"]["n"] == 2
     assert all(np.isfinite(v) for v in s["log_error_variance"].values())
+
+
+def test_one_source_has_no_between_source_split():
+    rows = [_row("doc A", conc=c) for c in (1, 4, 16)]
+    s = _run(rows, [0.1, -0.2, 0.3])
+    assert s["documents"] == 1 and variance_split(s).startswith("one source only")

@@ -88,6 +88,7 @@ def error_structure(rows: list[dict[str, Any]], predicted: np.ndarray, measured:
     doc_mean = {d: r[docs == d].mean() for d in np.unique(docs)}
     between = np.array([doc_mean[d] for d in docs])
     out: dict[str, Any] = {
+        "documents": len(doc_mean),
         "held_out": _stats(r),
         "log_error_variance": {"total": float(r.var()), "between_documents": float(between.var()),
                                "within_documents": float((r - between).var())},
@@ -128,6 +129,8 @@ def table(st: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def variance_split(st: dict[str, Any]) -> str:
     """One sentence: how much of the held-out log error lies between sources, how much within."""
     v = st["log_error_variance"]
+    if st["documents"] < 2:
+        return "one source only, so no split between sources"
     if not v["total"] > 0:
         return "no held-out error to split"
     return (f"{v['between_documents'] / v['total']:.0%} of the variance of log(predicted / "
