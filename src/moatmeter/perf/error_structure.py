@@ -24,19 +24,17 @@ from typing import Any
 
 import numpy as np
 
+from moatmeter.perf.observations import TARGET_P90, summary
+
 # What ``error_structure`` reads of each row: the document, then its configuration in catalog ids
 CATEGORICAL = ("metric", "scenario", "stack", "accelerator", "model", "weight_dtype")
 NUMERIC = ("input_len", "output_len", "concurrency", "devices")
 RIDGE_LAMBDAS = (1.0, 10.0, 100.0)  # weak to strong shrinkage towards no correction
-MISS = 0.35  # the p90 target: a row beyond it is a miss
 
 
 def _stats(r: np.ndarray) -> dict[str, Any]:
     a = np.abs(np.expm1(r))  # APE of a prediction whose log error is r
-    if not len(a):
-        return {"n": 0, "median_ape": None, "p90_ape": None, "beyond_35": 0}
-    return {"n": len(a), "median_ape": float(np.median(a)),
-            "p90_ape": float(np.percentile(a, 90)), "beyond_35": int((a > MISS).sum())}
+    return {**summary(a), "beyond_35": int((a > TARGET_P90).sum())}
 
 
 def _demean(r: np.ndarray, keys: np.ndarray) -> np.ndarray:

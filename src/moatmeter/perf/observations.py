@@ -757,6 +757,10 @@ def ape(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
     return np.abs(pred - measured) / measured
 
 
+# The accuracy targets held-out predictions are judged against (median and p90 APE).
+TARGET_MEDIAN, TARGET_P90 = 0.15, 0.35
+
+
 def summary(apes: np.ndarray) -> dict[str, Any]:
     a = apes[np.isfinite(apes)]
     if len(a) == 0:

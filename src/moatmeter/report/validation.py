@@ -16,10 +16,10 @@ import numpy as np
 
 from moatmeter.errors import InputError
 from moatmeter.perf.error_structure import table, variance_split
+from moatmeter.perf.observations import TARGET_MEDIAN, TARGET_P90
 from moatmeter.report.html import CSP, _clean, _e, _table, figure_scripts
 
 VENDOR_COLORS = {"nvidia": "#76b900", "amd": "#ed1c24", "intel": "#0071c5", "apple": "#555555"}
-TARGET_MEDIAN, TARGET_P90 = 0.15, 0.35
 WORST = 30
 LATENCY = ("ttft_ms", "tpot_ms")
 
