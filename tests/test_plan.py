@@ -289,22 +289,26 @@ def test_speculative_decoding_only_where_shipped_and_where_it_pays(cat):
     assert any("speculative decoding on" in o.note for o in own(t1, "vllm-rocm"))
 
 
-def test_an_option_batching_beyond_its_stacks_calibration_says_so(open_result):
-    """llama.cpp's bundled rows are all single stream: an option serving many users at once per
-    replica is extrapolated, and its note says so; vLLM's rows reach thousands, so it is not."""
+def test_an_option_batching_beyond_its_stacks_calibration_says_so(cat):
+    """llama.cpp's bundled HIP rows are all single stream and its CUDA rows reach 16 users at
+    once (moatmeter's own H100 run): an option serving more than 4x that per replica is
+    extrapolated, and its note says so; vLLM's rows reach thousands, so it is not."""
     from moatmeter.perf.api import EXTRAPOLATED_USERS
     from moatmeter.perf.calibrate import default_calibration
 
-    seen = default_calibration().meta["max_users_seen"]["llamacpp-cuda"]
-    own = [o for o in open_result.options if o.kind == "own"]
-    lcpp = [o for o in own if o.stack == "llamacpp-cuda"]
+    stacks = ["vllm-cuda", "vllm-rocm", "llamacpp-cuda", "llamacpp-hip"]
+    result = plan(_scn(**{"constraints.stacks": stacks}), cat, samples=500, seed=3)
+    seen_all = default_calibration().meta["max_users_seen"]
+    assert seen_all["llamacpp-hip"] == 1.0 and seen_all["llamacpp-cuda"] == 16.0
+    own = [o for o in result.options if o.kind == "own"]
+    lcpp = [o for o in own if o.stack.startswith("llamacpp-")]
     vllm = [o for o in own if o.stack == "vllm-cuda"]
-    assert lcpp and vllm and seen == 1.0
+    assert {o.stack for o in lcpp} == {"llamacpp-cuda", "llamacpp-hip"} and vllm
     for o in lcpp:
         users = o.goodput_rps_per_replica * (o.ttft_p95_s + BASE["traffic"]["output_tokens"]
                                              * o.tpot_p95_s)
-        assert ("batched decode extrapolated" in o.note) == (users > EXTRAPOLATED_USERS * seen), \
-            (o.id, users)
+        assert ("batched decode extrapolated" in o.note) == \
+            (users > EXTRAPOLATED_USERS * seen_all[o.stack]), (o.id, users)
     assert any("batched decode extrapolated" in o.note for o in lcpp)
     assert not any("extrapolated" in o.note for o in vllm)
 
