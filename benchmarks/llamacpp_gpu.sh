@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # llama.cpp speed on this machine's GPU with a random-weight GGUF (no weights need to reach it):
-# llama-bench with and without the FlashAttention kernels, then `moatmeter bench serve` against
+# llama-bench with FlashAttention on and off, then `moatmeter bench serve` against
 # llama-server with 16 slots (1 and 16 users) and with 1 slot (1 user). Prints each figure; the
 # raw reports, the SQLite store and the servers' logs go to OUT_DIR.
 #
@@ -39,14 +39,19 @@ serve() {  # serve NAME "SERVER ARGS" "BENCH ARGS"
   "$BIN/llama-server" -m "$GGUF" -ngl 99 --host 127.0.0.1 --port "$PORT" -a l2 $sargs \
     >>"$OUT/server.log" 2>&1 &
   local pid=$!
+  trap 'kill "$pid" 2>/dev/null || true' EXIT
   for _ in $(seq 120); do
     curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || { echo "llama-server exited (see $OUT/server.log)" >&2; exit 1; }
     sleep 1
   done
+  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 \
+    || { echo "llama-server not ready after 120 s (see $OUT/server.log)" >&2; exit 1; }
   # shellcheck disable=SC2086
   python3 -m moatmeter bench serve --url "http://127.0.0.1:$PORT" --model l2 --input-tokens 512 \
     --output-tokens 128 --db "$OUT/serve.db" --json $bargs >"$OUT/serve_$name.json"
   kill "$pid"; wait "$pid" 2>/dev/null || true
+  trap - EXIT
   python3 - "$OUT/serve_$name.json" "$name" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
