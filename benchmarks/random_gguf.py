@@ -2,8 +2,9 @@
 
 Speed does not depend on the weights' values, so a machine with no network (or no licence to a
 model) can still time llama.cpp on the exact shapes of a catalog model: ``llama-bench`` reads the
-file like a converted checkpoint. Q4_0 blocks are written directly (an fp16 scale of 2^-7 and random
-4-bit values, llama.cpp's 18-byte layout for 32 weights); F16 tensors hold small random values. The
+file like a converted checkpoint. Q4_0 and Q8_0 blocks are written directly (an fp16 scale and
+random 4-bit or 8-bit values: llama.cpp's 18- and 34-byte layouts for 32 weights); F16 tensors hold
+small random values. The
 vocabulary is a placeholder of the model's size (control tokens, the 256 byte tokens, the word
 pieces `bench serve` builds its prompts from, then ``tN`` fillers), so a synthetic prompt of N words
 is about N tokens and any other text still tokenizes (byte fallback).
@@ -25,7 +26,7 @@ from moatmeter.catalog.load import load_catalog
 from moatmeter.catalog.modelarch import arch_of
 from moatmeter.errors import MoatError
 
-TYPES = ("q4_0", "f16")
+TYPES = ("q4_0", "q8_0", "f16")
 _RNG = np.random.default_rng(0)
 _POOL = _RNG.integers(0, 256, size=1 << 22, dtype=np.uint8)  # 4 MiB of random bytes, tiled
 
@@ -61,6 +62,16 @@ def q4_0(rows: int, cols: int) -> np.ndarray:
     return out.reshape(rows, cols // 32 * 18)
 
 
+def q8_0(rows: int, cols: int) -> np.ndarray:
+    """Q8_0 blocks of a (rows, cols) matrix as raw bytes: fp16 scale 2^-10, random int8 values."""
+    if cols % 32:
+        raise ValueError(f"Q8_0 needs a multiple of 32 columns, got {cols}")
+    blocks = rows * (cols // 32)
+    out = _random_bytes(blocks * 34).reshape(blocks, 34)
+    out[:, 0:2] = np.frombuffer(np.float16(2.0 ** -10).tobytes(), dtype=np.uint8)
+    return out.reshape(rows, cols // 32 * 34)
+
+
 def f16(rows: int, cols: int) -> np.ndarray:
     vals = (_random_bytes(rows * cols).astype(np.float16) - 128.0) * np.float16(2.0 ** -10)
     return vals.reshape(rows, cols)
@@ -87,8 +98,8 @@ def write(path: Path, model: str, qtype: str) -> Path:
     w.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
     w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-5)))
     w.add_vocab_size(a.vocab)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if qtype == "q4_0"
-                    else gguf.LlamaFileType.MOSTLY_F16)
+    file_types = {"q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+    w.add_file_type(file_types.get(qtype, gguf.LlamaFileType.MOSTLY_F16))
     words = _word_pieces()
     if len(words) + 259 > a.vocab:
         raise ValueError(f"{model}: vocabulary of {a.vocab} is too small for the word pieces")
@@ -114,6 +125,8 @@ def write(path: Path, model: str, qtype: str) -> Path:
     def mat(name: str, rows: int, cols: int) -> None:
         if qtype == "q4_0":
             w.add_tensor(name, q4_0(rows, cols), raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+        elif qtype == "q8_0":
+            w.add_tensor(name, q8_0(rows, cols), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:
             w.add_tensor(name, f16(rows, cols))
 

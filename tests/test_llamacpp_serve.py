@@ -134,17 +134,22 @@ def test_llama_server_chat_endpoint_and_wrong_model_path(llama_url: str, tmp_pat
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
 
 
-def test_random_gguf_script_writes_a_model_llama_server_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("qtype", ["q4_0", "q8_0"])
+def test_random_gguf_script_writes_a_model_llama_server_runs(tmp_path: Path, qtype: str) -> None:
     """benchmarks/random_gguf.py (used to time llama.cpp where no weights can be fetched):
-    a Q4_0 file llama-server loads, whose vocabulary makes each prompt word one token."""
+    a Q4_0 or Q8_0 file llama-server loads, whose vocabulary makes each prompt word one token."""
     from moatmeter.bench.prompts import _WORDS
 
-    model = tmp_path / "tiny-q4_0.gguf"
+    model = tmp_path / f"tiny-{qtype}.gguf"
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "random_gguf.py"
     proc = subprocess.run([sys.executable, str(script), "--model", "tiny-llama-test", "--type",
-                           "q4_0", "--out", str(model)], capture_output=True, text=True,
+                           qtype, "--out", str(model)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
+    import gguf
+
+    kinds = {t.name: t.tensor_type.name for t in gguf.GGUFReader(model).tensors}
+    assert kinds["blk.0.attn_q.weight"] == qtype.upper() and kinds["output.weight"] == qtype.upper()
     bad = subprocess.run([sys.executable, str(script), "--model", "mixtral-8x7b", "--out",
                           str(tmp_path / "x.gguf")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "only dense models" in bad.stderr
