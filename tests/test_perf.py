@@ -632,7 +632,8 @@ def test_activation_traffic_per_token_by_hand():
 
 
 def test_lock_step_slots_wait_for_the_whole_wave_prefill():
-    """B fixed-length slots that start and end together: TTFT is most of the wave's prefill."""
+    """B fixed-length slots that start and end together: TTFT is most of the wave's prefill,
+    and a request's TPOT (from its own first token) carries the prompts prefilled after it."""
     from moatmeter.perf.observations import lockstep
 
     n = 3
@@ -642,7 +643,13 @@ def test_lock_step_slots_wait_for_the_whole_wave_prefill():
     pf = prefill_time(s, inp, b).total
     dec = decode_step(s, b, inp + out / 2.0).total
     assert ttft == pytest.approx(pf * (b + 1.0) / (2.0 * b), rel=1e-9)
-    assert tpot == pytest.approx(dec, rel=1e-9)
+    # mean TTFT + (O - 1) TPOT = the wave's prefill + its O - 1 decode steps: the last token
+    # of every slot comes at the end of the wave
+    assert ttft + (out - 1.0) * tpot == pytest.approx(pf + (out - 1.0) * dec, rel=1e-9)
+    assert tpot[0] == pytest.approx(dec[0], rel=1e-9) and np.all(tpot[1:] > dec[1:])
+    # timed from the last prompt on (llama-batched-bench), TPOT is the bare decode step
+    _, _, tpot_d = lockstep(s, b, inp, out, np.ones(n, dtype=bool))
+    assert tpot_d == pytest.approx(dec, rel=1e-9)
     assert rps == pytest.approx(b / (pf + (out - 1.0) * dec), rel=1e-9)
     # one slot is a single stream; many slots wait far longer than one staggered prompt would
     steady = closed_loop(s, b, inp, out)
@@ -664,6 +671,15 @@ def test_lock_step_protocols_are_recognised_in_the_notes():
     pred = {r["id"]: r["predicted"] for r in validate_rows(CAT, rows)["rows"]}
     for k in ("ls", "sb", "lat"):
         assert pred[f"g64-{k}"] > 10.0 * pred["g64"]
+    # TPOT of a lock-step wave: from each request's first token, unless the source times the
+    # decode phase alone (llama-batched-bench; SGLang bench_one_batch's decode-step latency)
+    tp = {**base, "id": "t", "metric": "tpot_ms", "value": "20",
+          "notes": "TP1; all 64 slots run in lock-step waves"}
+    rows = [tp] + [{**tp, "id": f"t-{k}", "notes": f"{tp['notes']}; {note}"} for k, note in (
+        ("bb", "decode-only timing (t_tg)"), ("sg", "median decode-step latency at batch 64"))]
+    pred = {r["id"]: r["predicted"] for r in validate_rows(CAT, rows)["rows"]}
+    assert pred["t-bb"] == pytest.approx(pred["t-sg"], rel=1e-9)
+    assert pred["t"] > 1.05 * pred["t-bb"]
 
 
 def test_sglang_servers_run_more_than_vllms_256_sequences():

@@ -290,8 +290,8 @@ def test_speculative_decoding_only_where_shipped_and_where_it_pays(cat):
 
 
 def test_an_option_batching_beyond_its_stacks_calibration_says_so(cat):
-    """llama.cpp's bundled HIP rows are all single stream and its CUDA rows reach 16 users at
-    once (moatmeter's own H100 run): an option serving more than 4x that per replica is
+    """llama.cpp's bundled HIP rows are all single stream and its CUDA rows reach 32 sequences
+    at once (moatmeter's own H100 runs): an option serving more than 4x that per replica is
     extrapolated, and its note says so; vLLM's rows reach thousands, so it is not."""
     from moatmeter.perf.api import EXTRAPOLATED_USERS
     from moatmeter.perf.calibrate import default_calibration
@@ -299,7 +299,7 @@ def test_an_option_batching_beyond_its_stacks_calibration_says_so(cat):
     stacks = ["vllm-cuda", "vllm-rocm", "llamacpp-cuda", "llamacpp-hip"]
     result = plan(_scn(**{"constraints.stacks": stacks}), cat, samples=500, seed=3)
     seen_all = default_calibration().meta["max_users_seen"]
-    assert seen_all["llamacpp-hip"] == 1.0 and seen_all["llamacpp-cuda"] == 16.0
+    assert seen_all["llamacpp-hip"] == 1.0 and seen_all["llamacpp-cuda"] == 32.0
     own = [o for o in result.options if o.kind == "own"]
     lcpp = [o for o in own if o.stack.startswith("llamacpp-")]
     vllm = [o for o in own if o.stack == "vllm-cuda"]

@@ -183,6 +183,7 @@ class Obs:
     burst_cap: float = float("nan")  # output cap of a burst row (all prompts at t = 0)
     dp_attention: bool = False  # attention data-parallel across the TP group (DEP, dp-attention)
     lockstep: bool = False  # fixed-length closed loop whose slots start and end together
+    decode_only: bool = False  # TPOT timed over the decode phase alone (after every prompt)
     profile_tokens: float = float("nan")  # tokens of the engine's start-up profiling pass
     graph_prefill: bool = False  # prompts run from a prebuilt engine too (TensorRT-LLM engines)
     eager_decode: bool = False  # no CUDA graphs at all (--enforce-eager, "CUDA graphs off")
@@ -201,6 +202,9 @@ class Obs:
 # gptSession), one vLLM benchmark_latency batch
 LOCKSTEP = re.compile(r"\block-step\b|\bstatic batch\b|benchmark_latency"
                       r"|end-to-end time of one batch")
+# a lock-step run whose TPOT clock starts once every prompt is in: llama-batched-bench's t_tg,
+# SGLang bench_one_batch's decode-step latency
+DECODE_ONLY = re.compile(r"\bdecode-only timing\b|\bdecode-step latency\b")
 # the engine's start-up profiling pass, when the notes state it (vLLM V0 without chunked prefill
 # profiles max(max_model_len, 2048) tokens and keeps their activations out of the KV cache)
 PROFILE_TOKENS = re.compile(r"\bmax_num_batched_tokens\s*=\s*(\d+)")
@@ -519,6 +523,7 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                        lockstep=(scen == "fixed_concurrency" and bool(conc) and conc > 1
                                  and math.isnan(burst)
                                  and bool(LOCKSTEP.search(notes))),
+                       decode_only=bool(DECODE_ONLY.search(notes)),
                        dp_attention=bool(DP_ATTENTION.search(
                            f"{r.get('engine_version', '')} {r.get('notes', '')}"))
                        and not DP_ATTENTION_INACTIVE.search(notes),
@@ -553,6 +558,7 @@ class Prepared:
     rate: np.ndarray  # per replica, NaN unless a server row states its rate
     burst_cap: np.ndarray  # output cap of burst rows, NaN otherwise
     lockstep: np.ndarray  # bool: closed-loop rows run as synchronised waves
+    decode_only: np.ndarray  # bool: TPOT timed after the wave's prompts (no prefill share)
     n_prompts: np.ndarray  # prompts a closed-loop run sends in all, NaN if not stated
 
 
@@ -608,6 +614,7 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
                  rate=np.array([o.rate for o in obs]) / col["replicas"].astype(float),
                  burst_cap=np.array([o.burst_cap for o in obs], dtype=float),
                  lockstep=np.array([o.lockstep for o in obs], dtype=bool),
+                 decode_only=np.array([o.decode_only for o in obs], dtype=bool),
                  n_prompts=np.array([o.n_prompts for o in obs], dtype=float) / col["replicas"])
     return p, skipped
 
@@ -656,7 +663,7 @@ def predict_prepared(p: Prepared, eff_c: np.ndarray | None = None, eff_m: np.nda
     if ls.any():
         i = np.flatnonzero(ls)
         rps[i], ttft[i], tpot[i] = lockstep(s.take(i), np.minimum(conc[i], bcap[i]), p.inp[i],
-                                            p.out[i])
+                                            p.out[i], p.decode_only[i])
     sv = (p.scen == "server") & np.isnan(p.rate)
     if sv.any():
         i = np.flatnonzero(sv)
@@ -693,7 +700,8 @@ def harmonic(n: np.ndarray) -> np.ndarray:
 
 
 def burst(s: Any, n: np.ndarray, bcap: np.ndarray, inp: np.ndarray, out: np.ndarray,
-          cap: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          cap: np.ndarray, decode_only: np.ndarray | None = None
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(requests/s, mean TTFT, mean TPOT) of N prompts sent at once, lengths ~ exp(mean), capped.
 
     At most ``bcap`` sequences run at once. While more than a batch is waiting, continuous
@@ -701,7 +709,10 @@ def burst(s: Any, n: np.ndarray, bcap: np.ndarray, inp: np.ndarray, out: np.ndar
     batch prefills and then drains until its longest request ends (mean · H_batch, at most the
     cap), the mean decode batch falling to batch · mean / longest. With fixed lengths (cap = O)
     nothing frees a slot early: the run is ⌊N / batch⌋ full waves and one partial wave, each a
-    prefill of its prompts and O − 1 decode steps.
+    prefill of its prompts and O − 1 decode steps. In a wave, a request's TPOT runs from its own
+    first token, so it also carries the prompts prefilled after it: (wave − 1) / 2·wave of the
+    wave's prefill on average, over its O − 1 later tokens (none where ``decode_only`` rows start
+    the clock after the last prompt, as llama-batched-bench does).
     """
     wave = np.minimum(n, bcap)
     longest = np.clip(out * harmonic(wave), out, np.maximum(cap, out))
@@ -727,20 +738,25 @@ def burst(s: Any, n: np.ndarray, bcap: np.ndarray, inp: np.ndarray, out: np.ndar
         steady = closed_loop(s, wave, inp, out, queued=True).rate_rps
         refill = (n - wave) / steady + pf + np.maximum(longest - 1.0, 0.0) / per * step
         span = np.where(fixed, span, refill)
-    return n / span, pf, step / per
+    wait = np.where(fixed, pf * (wave - 1.0) / (2.0 * wave) / np.maximum(out - 1.0, 1.0), 0.0)
+    if decode_only is not None:
+        wait = np.where(decode_only, 0.0, wait)
+    return n / span, pf, step / per + wait
 
 
-def lockstep(s: Any, b: np.ndarray, inp: np.ndarray, out: np.ndarray
+def lockstep(s: Any, b: np.ndarray, inp: np.ndarray, out: np.ndarray,
+             decode_only: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(requests/s, mean TTFT, mean TPOT) of B fixed-length slots that start and end together.
 
     Each wave prefills its B prompts one after another (first tokens spread evenly over the
     wave's prefill, so the mean waits (B + 1) / 2B of it), then decodes O − 1 steps at batch B
-    with no prompt in between.
+    with no prompt in between; TPOT as in ``burst``.
     """
     b = np.maximum(b, 1.0)
-    rps, pf, step = burst(s, b, b, inp, out, out)  # one wave: every output as long as the longest
-    return rps, wave_ttft(pf, b), step
+    # one wave: every output as long as the longest
+    rps, pf, tpot = burst(s, b, b, inp, out, out, decode_only)
+    return rps, wave_ttft(pf, b), tpot
 
 
 def wave_ttft(prefill: np.ndarray, b: np.ndarray) -> np.ndarray:
