@@ -9,7 +9,8 @@
 #
 # BIN_DIR holds llama-bench and llama-batched-bench (and their shared libraries). TYPES lists the
 # weight types for llama-bench (default "f16 q8_0 q4_0"), BB_TYPE the one for batched decoding
-# (default q4_0). FlashAttention is on (-fa 1, what llama.cpp's default picks on CUDA GPUs).
+# (default q4_0). FlashAttention is on: -fa 1 for llama-bench, and llama-batched-bench's default
+# (auto) turns it on for CUDA GPUs.
 set -euo pipefail
 BIN=${1:?BIN_DIR}
 OUT=${2:?OUT_DIR}

@@ -52,24 +52,24 @@ def _word_pieces() -> list[str]:
     return list(out)
 
 
-def q4_0(rows: int, cols: int) -> np.ndarray:
-    """Q4_0 blocks of a (rows, cols) matrix as raw bytes: fp16 scale 2^-7, random nibbles."""
+def _blocks(kind: str, rows: int, cols: int, block_bytes: int, scale: float) -> np.ndarray:
+    """llama.cpp blocks of 32 weights as raw bytes: an fp16 ``scale``, then random values."""
     if cols % 32:
-        raise ValueError(f"Q4_0 needs a multiple of 32 columns, got {cols}")
+        raise ValueError(f"{kind} needs a multiple of 32 columns, got {cols}")
     blocks = rows * (cols // 32)
-    out = _random_bytes(blocks * 18).reshape(blocks, 18)
-    out[:, 0:2] = np.frombuffer(np.float16(2.0 ** -7).tobytes(), dtype=np.uint8)
-    return out.reshape(rows, cols // 32 * 18)
+    out = _random_bytes(blocks * block_bytes).reshape(blocks, block_bytes)
+    out[:, 0:2] = np.frombuffer(np.float16(scale).tobytes(), dtype=np.uint8)
+    return out.reshape(rows, cols // 32 * block_bytes)
+
+
+def q4_0(rows: int, cols: int) -> np.ndarray:
+    """Q4_0: 18 bytes per 32 weights (scale 2^-7, random nibbles)."""
+    return _blocks("Q4_0", rows, cols, 18, 2.0 ** -7)
 
 
 def q8_0(rows: int, cols: int) -> np.ndarray:
-    """Q8_0 blocks of a (rows, cols) matrix as raw bytes: fp16 scale 2^-10, random int8 values."""
-    if cols % 32:
-        raise ValueError(f"Q8_0 needs a multiple of 32 columns, got {cols}")
-    blocks = rows * (cols // 32)
-    out = _random_bytes(blocks * 34).reshape(blocks, 34)
-    out[:, 0:2] = np.frombuffer(np.float16(2.0 ** -10).tobytes(), dtype=np.uint8)
-    return out.reshape(rows, cols // 32 * 34)
+    """Q8_0: 34 bytes per 32 weights (scale 2^-10, random int8 values)."""
+    return _blocks("Q8_0", rows, cols, 34, 2.0 ** -10)
 
 
 def f16(rows: int, cols: int) -> np.ndarray:
