@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,15 @@ def f16(rows: int, cols: int) -> np.ndarray:
     return vals.reshape(rows, cols)
 
 
-def write(path: Path, model: str, qtype: str) -> Path:
+def write(path: Path, model: str, qtype: str, vocab: int | None = None) -> Path:
+    """``vocab`` replaces the model's vocabulary size (embedding and output rows), to isolate
+    what the vocabulary costs: the same layers with 32,000 logits instead of 128,256, say."""
     import gguf
 
     entry = load_catalog().model(model)
     a = arch_of(entry)
+    if vocab is not None:
+        a = replace(a, vocab=vocab)
     if a.n_experts or a.kv_lora_rank or a.sliding_window:
         raise ValueError(f"{model}: only dense models without sliding windows are written")
     cfg: dict[str, Any] = entry.config
@@ -159,10 +164,11 @@ def main() -> int:
     ap.add_argument("--model", default="llama-2-7b", help="dense catalog model id")
     ap.add_argument("--type", default="q4_0", choices=TYPES)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--vocab", type=int, help="vocabulary size instead of the model's")
     args = ap.parse_args()
     t0 = time.perf_counter()
     try:
-        write(args.out, args.model, args.type)
+        write(args.out, args.model, args.type, args.vocab)
     except (MoatError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -134,6 +134,29 @@ def test_llama_server_chat_endpoint_and_wrong_model_path(llama_url: str, tmp_pat
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
 
 
+def test_random_gguf_vocab_override_resizes_only_the_embedding_and_output(tmp_path: Path) -> None:
+    """--vocab isolates what the vocabulary costs: same layers, other embedding/output rows."""
+    import gguf
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "random_gguf.py"
+    shapes = {}
+    for vocab in (None, 1536):
+        out = tmp_path / f"v{vocab}.gguf"
+        extra = [] if vocab is None else ["--vocab", str(vocab)]
+        proc = subprocess.run([sys.executable, str(script), "--model", "tiny-llama-test", "--out",
+                               str(out), *extra], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        shapes[vocab] = {t.name: tuple(t.shape) for t in gguf.GGUFReader(out).tensors}
+    assert shapes[1536]["output.weight"][1] == 1536 != shapes[None]["output.weight"][1]
+    assert shapes[1536]["token_embd.weight"][1] == 1536
+    same = [k for k in shapes[None] if k not in ("output.weight", "token_embd.weight")]
+    assert same and all(shapes[1536][k] == shapes[None][k] for k in same)
+    small = subprocess.run([sys.executable, str(script), "--model", "tiny-llama-test", "--vocab",
+                            "100", "--out", str(tmp_path / "x.gguf")], capture_output=True,
+                           text=True, timeout=120)
+    assert small.returncode == 2 and "too small" in small.stderr.strip()
+
+
 @pytest.mark.parametrize("qtype", ["q4_0", "q8_0"])
 def test_random_gguf_script_writes_a_model_llama_server_runs(tmp_path: Path, qtype: str) -> None:
     """benchmarks/random_gguf.py (used to time llama.cpp where no weights can be fetched):
