@@ -647,7 +647,7 @@ def predict_prepared(p: Prepared, eff_c: np.ndarray | None = None, eff_m: np.nda
     if bu.any():
         i = np.flatnonzero(bu)
         rps[i], ttft[i], tpot[i] = burst(s.take(i), conc[i], bcap[i], p.inp[i], p.out[i],
-                                         p.burst_cap[i])
+                                         p.burst_cap[i], p.decode_only[i])
     # A closed-loop client starts its B slots at once: the first B prompts arrive together and
     # prefill as one wave (first tokens spread over it), the later ones find the steady mix. With
     # N prompts in all (InferenceX sends 10 B) that first wave is B / N of the mean TTFT.
