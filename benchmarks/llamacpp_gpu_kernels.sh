@@ -8,14 +8,14 @@
 #   benchmarks/llamacpp_gpu_kernels.sh BIN_DIR OUT_DIR [MODEL]
 #
 # BIN_DIR holds llama-bench and llama-batched-bench (and their shared libraries). TYPES lists the
-# weight types for llama-bench (default "f16 q8_0 q4_0"), BB_TYPE the one for batched decoding
-# (default q4_0). FlashAttention is on: -fa 1 for llama-bench, and llama-batched-bench's default
-# (auto) turns it on for CUDA GPUs.
+# weight types for llama-bench (default "f16 q8_0 q4_0"; TYPES= for none), BB_TYPE the one for
+# batched decoding (default q4_0). FlashAttention is on: -fa 1 for llama-bench, and
+# llama-batched-bench's default (auto) turns it on for CUDA GPUs.
 set -euo pipefail
 BIN=${1:?BIN_DIR}
 OUT=${2:?OUT_DIR}
 MODEL=${3:-llama-2-7b}
-TYPES=${TYPES:-f16 q8_0 q4_0}
+TYPES=${TYPES-f16 q8_0 q4_0}  # set but empty (TYPES=) skips llama-bench
 BB_TYPE=${BB_TYPE:-q4_0}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
