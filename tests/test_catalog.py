@@ -339,6 +339,12 @@ def test_user_stack_with_unknown_family_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CatalogError) as exc:
         load_catalog(tmp_path)
     assert exc.value.field == "vector_only.0.families" and "'Xe-HGP'" in str(exc.value)
+    raw["vector_only"] = []
+    raw["fp16_accumulate"] = [{"families": ["Ampre"], "sources": [ref]}]
+    (tmp_path / "stacks.yaml").write_text(yaml.safe_dump([raw]))
+    with pytest.raises(CatalogError) as exc:
+        load_catalog(tmp_path)
+    assert exc.value.field == "fp16_accumulate.0.families" and "'Ampre'" in str(exc.value)
 
 
 @pytest.mark.parametrize(("text", "words"), [

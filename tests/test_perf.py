@@ -194,6 +194,22 @@ def test_vector_only_stack_family_uses_the_fp32_rate():
     assert 5.0 < t_vk / t_sy < 8.5
 
 
+def test_fp16_accumulating_stack_gets_the_geforce_fp16_accumulate_rate():
+    """llama.cpp multiplies F16 matrices with FP16 accumulation: on a GeForce card that runs at
+    twice the FP32-accumulate rate the catalog lists as fp16; on an A100 the two are the same."""
+    kw = dict(model="llama-2-7b", tp=1, pp=1, weight_dtype="q4_0", kv_dtype="fp16", context=640)
+    g = CAT.accelerator("rtx-4090")
+    lc = resolve(CAT, accelerator="rtx-4090", stack="llamacpp-cuda", **kw)
+    vk = resolve(CAT, accelerator="rtx-4090", stack="llamacpp-vulkan", **kw)
+    vl = resolve(CAT, accelerator="rtx-4090", stack="vllm-cuda", **{**kw, "weight_dtype": "bf16"})
+    assert g.fp16_acc16_tflops == pytest.approx(2 * g.peak_tflops["fp16"], rel=1e-3)
+    assert lc.s.peak[0] == pytest.approx(g.fp16_acc16_tflops * 1e12) == vk.s.peak[0]
+    assert vl.s.peak[0] == pytest.approx(g.peak_tflops["bf16"] * 1e12)
+    assert "FP16-accumulate rate" in lc.dtype_note[0] and "FP16" not in vl.dtype_note[0]
+    a = resolve(CAT, accelerator="a100-sxm-80gb", stack="llamacpp-cuda", **kw)
+    assert a.s.peak[0] == pytest.approx(CAT.accelerator("a100-sxm-80gb").peak_tflops["bf16"] * 1e12)
+
+
 def test_goodput_meets_slo_and_below_saturation():
     g = _grid(accelerator=["h100-sxm", "h200-sxm", "mi300x", "l40s"],
               stack=["vllm-cuda", "trtllm-cuda", "vllm-rocm", "vllm-cuda"], tp=[1, 1, 1, 1],

@@ -197,6 +197,8 @@ def _check_families(cat: Catalog) -> None:
     for sid, st in cat.stacks.items():
         named = [(f"hardware.{i}.families", hw.families) for i, hw in enumerate(st.hardware)]
         named += [(f"vector_only.{i}.families", v.families) for i, v in enumerate(st.vector_only)]
+        named += [(f"fp16_accumulate.{i}.families", v.families)
+                  for i, v in enumerate(st.fp16_accumulate)]
         for where, fams in named:
             for fam in fams:
                 if fam not in known:

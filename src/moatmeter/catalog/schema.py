@@ -94,6 +94,9 @@ class Accelerator(Entry):
     memory_bw_gbs: PositiveFloat
     # TFLOPS for float types, TOPS for integer types; dense.
     peak_tflops: dict[Dtype, PositiveFloat]
+    # GeForce cards run FP16 tensor math with FP16 accumulation at twice the FP32-accumulate
+    # rate that ``peak_tflops`` lists; engines that accumulate in FP16 reach this one instead.
+    fp16_acc16_tflops: PositiveFloat | None = None
     tdp_w: PositiveFloat | None = None
     # Scale-up bandwidth per device, total bidirectional as vendors state it (NVLink 4: 900 GB/s).
     scaleup_gbs: Annotated[float, Field(ge=0)] | None = None
@@ -158,6 +161,10 @@ class VectorOnly(FamilyClaim):
     """Families on which a stack has no matrix-unit (tensor/XMX core) path for its GEMMs."""
 
 
+class Fp16Accumulate(FamilyClaim):
+    """Families on which a stack's 16-bit GEMMs accumulate in FP16 (the faster GeForce rate)."""
+
+
 class Stack(Entry):
     """An inference engine on one backend: what it runs on, what it serves, what it can do."""
 
@@ -178,6 +185,8 @@ class Stack(Entry):
     notes: str = ""
     # GEMMs run on the vector ALUs there, so the compute peak is the device's fp32 rate
     vector_only: list[VectorOnly] = []
+    # 16-bit GEMMs accumulate in FP16 there, so a card's ``fp16_acc16_tflops`` is the peak
+    fp16_accumulate: list[Fp16Accumulate] = []
 
     @model_validator(mode="after")
     def _all_features(self) -> Stack:
@@ -192,6 +201,9 @@ class Stack(Entry):
 
     def vector_only_on(self, family: str) -> bool:
         return any(family in v.families for v in self.vector_only)
+
+    def fp16_accumulate_on(self, family: str) -> bool:
+        return any(family in v.families for v in self.fp16_accumulate)
 
     def has(self, feature: str) -> bool:
         s = self.features.get(feature)  # type: ignore[call-overload]

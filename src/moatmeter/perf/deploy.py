@@ -361,6 +361,11 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
         if s.vector_only_on(a.family) and "fp32" in a.peak_tflops:
             peak, cdt = a.peak_tflops["fp32"] * 1e12, "fp32"
             note = f"no matrix-unit path for {s.id} on {a.family}: vector fp32 rate"
+        elif (cdt in ("bf16", "fp16") and a.fp16_acc16_tflops
+              and s.fp16_accumulate_on(a.family)):
+            peak = a.fp16_acc16_tflops * 1e12
+            note = "; ".join(x for x in (note, f"{s.id} accumulates 16-bit GEMMs in FP16: "
+                                            f"{a.id}'s FP16-accumulate rate") if x)
         peak_u[j], cdt_u[j], note_u[j], why_u[j] = peak, cdt, note, ""
         if a.family not in fams[si]:
             why_u[j] = f"stack {s.id} does not support {a.family} ({a.id})"
