@@ -1156,6 +1156,10 @@ def test_fitted_trends_never_lower_efficiency_with_time():
     assert trends, "the bundled fit has maturity trends"
     for slope in trends.values():
         assert slope[0] >= 0 and slope[1] >= 0 and slope[2] <= 0
+    # dense models: llama.cpp's per-step overhead falls with its releases, its kernels do not move
+    dense = {k: v for k, v in trends.items() if k.endswith("|dense")}
+    assert list(dense) == ["llama.cpp|dense"] and dense["llama.cpp|dense"][2] < -0.05
+    assert abs(dense["llama.cpp|dense"][0]) < 1e-6 and abs(dense["llama.cpp|dense"][1]) < 1e-6
 
 
 def test_planner_caps_running_requests_at_each_engines_own_default():
