@@ -31,6 +31,8 @@ from moatmeter.perf.step import CHUNK_TOKENS as CHUNK
 from moatmeter.perf.step import (
     EAGER_DECODE,
     EAGER_PREFILL,
+    MMVQ_EFF,
+    MMVQ_MAX_TOKENS,
     OVERLAP_LAG,
     SCHED_LAG,
     StepInputs,
@@ -1224,3 +1226,57 @@ def test_a_batch_far_beyond_the_stacks_calibration_rows_is_noted():
     assert noted("vllm-cuda", 64)
     del cal.meta["max_users_seen"]["vllm-cuda"]  # a stack the file says nothing about: no note
     assert not noted("vllm-cuda", 64)
+
+
+def test_llamacpp_quantised_decode_pays_a_matvec_pass_per_token_up_to_eight():
+    """llama.cpp's CUDA / HIP backends multiply GGUF block weights by 2-8 token columns with
+    mul_mat_vec_q, which dequantises every block once per column: each token beyond the first adds
+    its GEMM FLOPs at MMVQ_EFF of the fp32 rate to the weight read, and a step of more tokens (MMQ
+    tiles) costs no less than one of 8. 16-bit weights, other backends and engines, and a single
+    stream are untouched."""
+    assert MMVQ_EFF > 0 and MMVQ_MAX_TOKENS == 8
+    stacks = ["llamacpp-cuda", "llamacpp-cuda", "llamacpp-vulkan", "vllm-cuda", "llamacpp-hip"]
+    accs = ["h100-sxm"] * 4 + ["mi300x"]
+    dts = ["q4_0", "bf16", "q4_0", "int4", "q4_k_m"]
+    s = resolve(CAT, accelerator=accs, stack=stacks, model="llama-3.1-8b", tp=1, pp=1,
+                weight_dtype=dts, kv_dtype="bf16", context=2048, calib=Calibration()).s
+    assert s.mmvq_rate is not None
+    fp32 = [CAT.accelerator(a).peak_tflops["fp32"] * 1e12 for a in accs]
+    assert s.mmvq_rate == pytest.approx([fp32[0], 0.0, 0.0, 0.0, fp32[4]])
+    ctx = np.full(5, 1024.0)
+    t = {b: decode_step(s, np.full(5, float(b)), ctx) for b in (1, 2, 8, 9, 16)}
+    # by hand for the H100 row: the step's memory time plus 7 extra columns at MMVQ_EFF of its
+    # 67 fp32 TFLOP/s, each column 2 FLOPs per GEMM weight: Llama 3.1 8B's 8.03 B parameters less
+    # its 0.525 B input embedding (a lookup, not a GEMM)
+    extra = 7 * s.flops_tok[0] / (fp32[0] * MMVQ_EFF)
+    assert extra == pytest.approx(7 * 2 * (8.03e9 - 0.525e9) / (67e12 * MMVQ_EFF), rel=0.01)
+    stage8 = t[8].total[0] - t[8].overhead[0]
+    assert stage8 == pytest.approx(t[8].memory[0] + extra, rel=1e-9)
+    assert t[2].total[0] - t[1].total[0] > 0.9 * extra / 7  # one more column, ~one more pass
+    assert t[16].total[0] >= t[9].total[0] >= t[8].total[0]  # MMQ is chosen only where faster
+    # a single stream reads the weights once: no extra pass
+    plain = replace(s, mmvq_rate=None)
+    assert t[1].total == pytest.approx(decode_step(plain, np.ones(5), ctx).total)
+    # 16-bit weights, Vulkan and vLLM keep the plain roofline at every batch
+    for b in (2, 8, 16):
+        ref = decode_step(plain, np.full(5, float(b)), ctx).total
+        assert t[b].total[1:4] == pytest.approx(ref[1:4])
+    # where the term applies, 8 sequences cost far more than the weight read alone
+    assert t[8].total[0] > 1.5 * decode_step(plain, np.full(5, 8.0), ctx).total[0]
+
+
+@pytest.mark.parametrize("acc", [a for a in CAT.accelerators
+                                 if CAT.accelerator(a).family in (
+                                     "Ampere", "Ada", "Hopper", "Blackwell", "Blackwell-consumer")])
+def test_llamacpp_batched_quantised_decode_never_below_single_stream(acc):
+    """The mat-vec pass per token must not make a batch of 2-64 slower than one sequence alone
+    on any catalog GPU llama.cpp's CUDA backend runs (its fp32 rate against its bandwidth)."""
+    p1 = predict_deployment(CAT, accelerator=acc, count=1, tp=1, stack="llamacpp-cuda",
+                            model="llama-3.1-8b", weight_dtype="q4_0", input_tokens=512,
+                            output_tokens=128, concurrency=1, calib=Calibration())
+    assert p1.feasible, p1.reason
+    for c in (2, 4, 8, 16, 64):
+        p = predict_deployment(CAT, accelerator=acc, count=1, tp=1, stack="llamacpp-cuda",
+                               model="llama-3.1-8b", weight_dtype="q4_0", input_tokens=512,
+                               output_tokens=128, concurrency=c, calib=Calibration())
+        assert p.output_tokens_per_s >= p1.output_tokens_per_s

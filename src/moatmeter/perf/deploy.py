@@ -88,6 +88,9 @@ OVERLAP_ENGINES = tuple(OVERLAP_SINCE)
 # (``step.PER_SEQ_CPU_S``): vLLM's Python scheduler and output processing. TGI's Gaudi runs at
 # static batches of 1,000-4,000 show no such cost, SGLang overlaps since 0.4.
 PER_SEQ_ENGINES = ("vllm",)
+# llama.cpp backends whose decode of GGUF block weights runs mul_mat_vec_q up to 8 tokens
+# (``step.MMVQ_EFF``): CUDA, and HIP, which compiles the same kernels for AMD GPUs.
+MMVQ_BACKENDS = ("cuda", "rocm")
 ENGINE_RESERVE = {"llama.cpp": (0.02, 0.5), "ollama": (0.02, 0.5), "tensorrt-llm": (0.05, 1.0)}
 # Concurrent sequences a stack can batch when continuous batching is only partial: Ollama's
 # OLLAMA_NUM_PARALLEL defaults to 4 (or 1) slots (Ollama FAQ); without it, one at a time.
@@ -152,8 +155,7 @@ def _stack_has_dtype(stack: Stack, dtype: str, kind: str) -> bool:
         return True  # FP8 FFN, 16-bit attention: runs wherever FP8 weights do
     if mem.DTYPE_CLASS.get(d) == "fp4" and "fp4" in listed:
         return True  # MXFP4 / NVFP4 where the stack lists 4-bit floats generically
-    gguf = d.startswith("q") and "_" in d
-    return gguf and "gguf" in formats
+    return mem.is_gguf_block(d) and "gguf" in formats
 
 
 @dataclass
@@ -351,6 +353,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     cdt_u = np.empty(len(ck_u), dtype=object)
     why_u = np.empty(len(ck_u), dtype=object)
     note_u = np.empty(len(ck_u), dtype=object)
+    mmvq_u = np.zeros(len(ck_u))
     for j, k in enumerate(ck_u):
         kd = k % K
         wd = (k // K) % W
@@ -367,6 +370,9 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
             note = "; ".join(x for x in (note, f"{s.id} accumulates 16-bit GEMMs in FP16: "
                                             f"{a.id}'s FP16-accumulate rate") if x)
         peak_u[j], cdt_u[j], note_u[j], why_u[j] = peak, cdt, note, ""
+        if (s.engine.lower() == "llama.cpp" and s.backend.lower() in MMVQ_BACKENDS
+                and mem.is_gguf_block(wd_u[wd])):
+            mmvq_u[j] = a.peak_tflops.get("fp32", 0.0) * 1e12
         if a.family not in fams[si]:
             why_u[j] = f"stack {s.id} does not support {a.family} ({a.id})"
         elif not stack_has(si, wd_u[wd], "weight"):
@@ -376,6 +382,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
         elif peak <= 0:
             why_u[j] = f"{a.id} has no {wd_u[wd]} or 16-bit peak"
     peak = peak_u[ck_i]
+    mmvq = mmvq_u[ck_i]
     why = why_u[ck_i]
     m = (reasons == "") & (why != "")
     reasons[m] = why[m]
@@ -476,7 +483,8 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                    batch_wait_tokens=None if batch_wait is None else np.broadcast_to(
                        np.asarray(batch_wait[1], float), (n,)).copy(),
                    overlap=ovl_row,
-                   per_seq=per_seq if np.any(per_seq) else None)
+                   per_seq=per_seq if np.any(per_seq) else None,
+                   mmvq_rate=mmvq if np.any(mmvq > 0) else None)
     return Resolved(s=s, feasible=feasible, reason=list(reasons), devices=devices,
                     weights_per_device=w_dev, device_bytes=mem_gb * mem.GIB,
                     usable_per_device=usable, kv_pool=pool,

@@ -62,6 +62,12 @@ DTYPE_CLASS: dict[str, str] = {
 }
 
 
+def is_gguf_block(dtype: str) -> bool:
+    """A GGUF block-quantised format (q4_0, q4_k_m, iq4_xs, …), as llama.cpp's kernels see it."""
+    d = norm_dtype(dtype)
+    return d.startswith("iq") or (d.startswith("q") and "_" in d)
+
+
 ALIASES = {"f16": "fp16", "f32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float32": "fp32",
            "e4m3": "fp8", "fp8_e4m3": "fp8", "w4a16": "int4", "w8a8": "int8"}
 

@@ -39,6 +39,10 @@ and compute imperfectly, so near the ridge point the time is higher than either 
   carries a request's own prompt always does. Without CUDA graphs at all (``eager_decode``:
   vLLM ``--enforce-eager``, TensorRT-LLM's early PyTorch backend) decode steps pay
   ``EAGER_DECODE`` times the overhead more as well.
+- llama.cpp's CUDA / HIP kernels for GGUF block-quantised weights (``StepInputs.mmvq_rate``):
+  a step of 2-8 tokens runs a mat-vec kernel that dequantises the weights once per token, so
+  each token beyond the first adds its GEMM FLOPs at ``MMVQ_EFF`` of the fp32 rate to the weight
+  read; a step of more tokens (int8 tensor-core tiles) costs no less than one of 8.
 - Speculative decoding (``StepInputs.with_speculation``): each decode step first drafts k tokens
   per sequence, each draft costing ``spec_draft`` of a plain decode step (an MTP head is one
   more transformer block: 1/layers; a separate draft model: its size over the target's), then
@@ -121,6 +125,26 @@ OVERLAP_LAG = 2.0
 # 41.2 % (121); 30 us for vLLM, SGLang and TGI without overlap 14.3 / 43.1 % (131: TGI's static
 # batches of 1,000-4,000 on Gaudi do not show it).
 PER_SEQ_CPU_S = 30e-6
+# llama.cpp's CUDA and HIP backends multiply GGUF block-quantised weights by a step of up to
+# MMVQ_MAX_TOKENS tokens with mul_mat_vec_q, a vector-ALU kernel that dequantises and dots every
+# weight block once per token column (llama.cpp PR #5351, 2024-02: "only enabling the new
+# implementation for batch sizes <= 8"; still the default limit on most NVIDIA GPUs, PR #26079);
+# from 9 tokens on, MMQ's int8 tensor-core tiles, chosen there because they are faster. So a
+# decode step of 2-8 sequences costs the weight read plus, per token beyond the first, the
+# model's GEMM FLOPs at MMVQ_EFF of the device's fp32 (vector) rate, and a step of more tokens
+# costs no less than that of 8. MMVQ_EFF from llama.cpp PR #15802 (2025-09, RTX 3090, Llama 8B
+# Q4_0, pp512 at ubatch 1-8: 155.0 -> 570.7 t/s, 6.45 -> 14.02 ms per step, 1.08 ms per extra
+# token = 13.9 TFLOP/s of the card's 35.6 fp32: 0.39 on average; the first extra token costs
+# less, 0.56 of the rate there and 0.6 in PR #5351's RTX 3090 Llama 2 7B Q4_0 run at ubatch 1-2,
+# the last four more, 0.31; estimate, range 0.3-0.6). It also gives the floor RTX 4090 runs show
+# from 9 tokens on (PR #15131, 2025-08, Llama 8B Q4_0, ubatch 10-16: 8.43-8.55 ms per step;
+# the fitted model: 9.2-9.5 ms, with 0.48 of step overhead). Zero turns the term off. Without it
+# the step model read the weights once for all 8 tokens: held out, moatmeter's own
+# llama-batched-bench runs on an H100 at 8-32 sequences were predicted at 0.43-0.55x their step
+# time; with it 0.78-1.11x (leave-one-source-out CV on 1,203 rows: 14.6 / 46.5 % median / p90,
+# 189 beyond 35 % -> 14.2 / 45.3 %, 184).
+MMVQ_MAX_TOKENS = 8.0
+MMVQ_EFF = 0.39
 
 
 @dataclass
@@ -173,6 +197,9 @@ class StepInputs:
     # CPU seconds per running sequence per step on the critical path (``PER_SEQ_CPU_S`` for an
     # engine that has it and runs without an overlap scheduler); None = none
     per_seq: np.ndarray | None = None
+    # FLOP/s per device of llama.cpp's mat-vec path for GGUF block weights (the device's fp32
+    # rate; ``MMVQ_EFF`` applies), 0 where it does not apply; None = nowhere
+    mmvq_rate: np.ndarray | None = None
     _k: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
     _spec: tuple[np.ndarray, StepInputs] | None = field(default=None, init=False, repr=False,
                                                          compare=False)
@@ -212,6 +239,9 @@ class StepInputs:
                 "attn4": 4.0 * self.attn / ATTN_EFF,
                 "attn4p": 4.0 * (self.attn if self.attn_pre is None else self.attn_pre) / ATTN_EFF,
                 "moe": bool(np.any(self.n_experts > 0)),
+                "vinv": (None if self.mmvq_rate is None or MMVQ_EFF <= 0 else
+                         np.where(self.mmvq_rate > 0, 1.0 / (np.maximum(self.mmvq_rate, 1.0)
+                                                             * MMVQ_EFF * devs), 0.0)),
                 "ov": self.overhead * (1.0 - OVERHEAD_LAYER_SHARE
                                        + OVERHEAD_LAYER_SHARE * self.layers / REF_LAYERS),
             }
@@ -362,6 +392,10 @@ def _step(s: StepInputs, batch: np.ndarray | float, context: np.ndarray,
     t_c = (tokens * s.flops_tok + k["attn4"] * bctx * queries
            + k["attn4p"] * x * prefill_context) * k["inv_pk"]
     stage = smooth_max(t_m, t_c)
+    if k["vinv"] is not None:
+        # llama.cpp's mat-vec kernel: one more dequantise-and-dot pass per token (MMVQ_EFF)
+        cols = np.clip(np.minimum(tokens, MMVQ_MAX_TOKENS) - 1.0, 0.0, None)
+        stage = np.maximum(stage, t_m + cols * s.flops_tok * k["vinv"])
     comm = k["comm_a"] + k["comm_b"] * tokens
     ov = k["ov"] + k["ov_eager"] * (share if eager is None else eager)
     total = pp * (stage + comm) + k["p2p"] + ov
