@@ -128,21 +128,21 @@ PER_SEQ_CPU_S = 30e-6
 # llama.cpp's CUDA and HIP backends multiply GGUF block-quantised weights by a step of up to
 # MMVQ_MAX_TOKENS tokens with mul_mat_vec_q, a vector-ALU kernel that dequantises and dots every
 # weight block once per token column (llama.cpp PR #5351, 2024-02: "only enabling the new
-# implementation for batch sizes <= 8"; still the default limit on most NVIDIA GPUs, PR #26079);
-# from 9 tokens on, MMQ's int8 tensor-core tiles, chosen there because they are faster. So a
-# decode step of 2-8 sequences costs the weight read plus, per token beyond the first, the
-# model's GEMM FLOPs at MMVQ_EFF of the device's fp32 (vector) rate, and a step of more tokens
-# costs no less than that of 8. MMVQ_EFF from llama.cpp PR #15802 (2025-09, RTX 3090, Llama 8B
-# Q4_0, pp512 at ubatch 1-8: 155.0 -> 570.7 t/s, 6.45 -> 14.02 ms per step, 1.08 ms per extra
-# token = 13.9 TFLOP/s of the card's 35.6 fp32: 0.39 on average; the first extra token costs
-# less, 0.56 of the rate there and 0.6 in PR #5351's RTX 3090 Llama 2 7B Q4_0 run at ubatch 1-2,
-# the last four more, 0.31; estimate, range 0.3-0.6). It also gives the floor RTX 4090 runs show
-# from 9 tokens on (PR #15131, 2025-08, Llama 8B Q4_0, ubatch 10-16: 8.43-8.55 ms per step;
-# the fitted model: 9.2-9.5 ms, with 0.48 of step overhead). Zero turns the term off. Without it
-# the step model read the weights once for all 8 tokens: held out, moatmeter's own
-# llama-batched-bench runs on an H100 at 8-32 sequences were predicted at 0.43-0.55x their step
-# time; with it 0.78-1.11x (leave-one-source-out CV on 1,203 rows: 14.6 / 46.5 % median / p90,
-# 189 beyond 35 % -> 14.2 / 45.3 %, 184).
+# implementation for batch sizes <= 8"; MMVQ_MAX_BATCH_SIZE is still 8, and since PR #26079,
+# 2026-07, some GPUs and quant types switch earlier); above it, MMQ's int8 tensor-core tiles, chosen
+# there because they are faster. So a decode step of 2-8 sequences costs the weight read plus, per
+# token beyond the first, the model's GEMM FLOPs at MMVQ_EFF of the device's fp32 (vector) rate, and
+# a step of more tokens costs no less than that of 8. MMVQ_EFF from llama.cpp PR #15802 (2025-09,
+# RTX 3090, Llama 8B Q4_0, pp512 at ubatch 1-8: 155.0 -> 570.7 t/s, 6.45 -> 14.02 ms per step, 1.08
+# ms per extra token = 13.9 TFLOP/s of the card's 35.6 fp32: 0.39 on average; the first extra token
+# costs less, 0.56 of the rate there and 0.6 in PR #5351's RTX 3090 Llama 2 7B Q4_0 run at ubatch
+# 1-2, the last four more, 0.31; estimate, range 0.3-0.6). It also gives the floor RTX 4090 runs
+# show from 9 tokens on (PR #15131, 2025-08, Llama 8B Q4_0, ubatch 10-16: 8.43-8.55 ms per step; the
+# fitted model: 9.2-9.5 ms, with 0.48 ms of step overhead). Zero turns the term off. Without it the
+# step model read the weights once for all 8 tokens: held out, moatmeter's own llama-batched-bench
+# runs on an H100 at 8-32 sequences were predicted at 0.43-0.55x their step time; with it 0.78-1.11x
+# (leave-one-source-out CV on 1,203 rows: 14.6 / 46.5 % median / p90, 189 beyond 35 % -> 14.2 / 45.3
+# %, 184).
 MMVQ_MAX_TOKENS = 8.0
 MMVQ_EFF = 0.39
 
