@@ -1280,3 +1280,24 @@ def test_llamacpp_batched_quantised_decode_never_below_single_stream(acc):
                                model="llama-3.1-8b", weight_dtype="q4_0", input_tokens=512,
                                output_tokens=128, concurrency=c, calib=Calibration())
         assert p.output_tokens_per_s >= p1.output_tokens_per_s
+
+
+def test_mmvq_eff_is_what_the_published_rtx_3090_table_gives():
+    """MMVQ_EFF is read off llama.cpp PR #15802's RTX 3090 table (benchmarks/data/
+    llamacpp_small_batch.csv): the cost of each token beyond the first in steps of 1-8 tokens of
+    Llama 8B Q4_0, as a share of the card's fp32 rate. The constant must stay what that table
+    says."""
+    import csv
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "data" / "llamacpp_small_batch.csv"
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f)
+                if "#15802" in r["source"] and r["column"] == "master"]
+    step_s = {int(r["ubatch"]): int(r["ubatch"]) / float(r["tokens_per_s"]) for r in rows}
+    assert sorted(step_s) == list(range(1, 9))
+    s = resolve(CAT, accelerator="rtx-3090", stack="llamacpp-cuda", model="llama-3.1-8b", tp=1,
+                pp=1, weight_dtype="q4_0", kv_dtype="bf16", context=1024).s
+    per_token = (step_s[8] - step_s[1]) / 7
+    fp32 = CAT.accelerator("rtx-3090").peak_tflops["fp32"] * 1e12
+    assert s.flops_tok[0] / per_token / fp32 == pytest.approx(MMVQ_EFF, abs=0.005)
