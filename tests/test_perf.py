@@ -1252,6 +1252,7 @@ def test_llamacpp_quantised_decode_pays_a_matvec_pass_per_token_up_to_eight():
     assert extra == pytest.approx(7 * 2 * (8.03e9 - 0.525e9) / (67e12 * MMVQ_EFF), rel=0.01)
     stage8 = t[8].total[0] - t[8].overhead[0]
     assert stage8 == pytest.approx(t[8].memory[0] + extra, rel=1e-9)
+    assert t[8].compute[0] == pytest.approx(extra)  # the bottleneck label sees the vector work
     assert t[2].total[0] - t[1].total[0] > 0.9 * extra / 7  # one more column, ~one more pass
     assert t[16].total[0] >= t[9].total[0] >= t[8].total[0]  # MMQ is chosen only where faster
     # a single stream reads the weights once: no extra pass

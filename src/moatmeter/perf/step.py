@@ -393,9 +393,12 @@ def _step(s: StepInputs, batch: np.ndarray | float, context: np.ndarray,
            + k["attn4p"] * x * prefill_context) * k["inv_pk"]
     stage = smooth_max(t_m, t_c)
     if k["vinv"] is not None:
-        # llama.cpp's mat-vec kernel: one more dequantise-and-dot pass per token (MMVQ_EFF)
+        # llama.cpp's mat-vec kernel: one more dequantise-and-dot pass per token (MMVQ_EFF),
+        # vector-ALU work that the bottleneck label counts as compute
         cols = np.clip(np.minimum(tokens, MMVQ_MAX_TOKENS) - 1.0, 0.0, None)
-        stage = np.maximum(stage, t_m + cols * s.flops_tok * k["vinv"])
+        vec = cols * s.flops_tok * k["vinv"]
+        stage = np.maximum(stage, t_m + vec)
+        t_c = np.maximum(t_c, vec)
     comm = k["comm_a"] + k["comm_b"] * tokens
     ov = k["ov"] + k["ov_eager"] * (share if eager is None else eager)
     total = pp * (stage + comm) + k["p2p"] + ov
