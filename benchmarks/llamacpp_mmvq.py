@@ -4,7 +4,8 @@ llama.cpp PR tables of ``llama-bench -p 512 -ub N`` on named GPUs (benchmarks/da
 llamacpp_small_batch.csv): a prompt of 512 tokens walked in steps of N tokens, so a step takes
 N / (t/s) seconds. For each table this prints the cost of each token beyond the first in a step of
 up to 8 (the mat-vec kernel's range) as a fraction of the GPU's fp32 rate, and every row's step
-time next to the step model's (bundled calibration, mean context 256 tokens).
+time next to the step model's (bundled calibration, mean context 256 tokens). The tables' "llama
+8B" has Llama 3 / 3.1 8B's shapes (catalog llama-3.1-8b), their "llama 7B" Llama 2 7B's.
 
     python3 benchmarks/llamacpp_mmvq.py
 """
