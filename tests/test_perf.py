@@ -792,7 +792,7 @@ def test_prompt_steps_run_eagerly_only_in_python_driven_engines():
     kw = dict(accelerator=["h100-sxm"] * 3, model="llama-3.1-8b", tp=1, pp=1,
               weight_dtype=["bf16", "q4_0", "bf16"], kv_dtype="bf16", context=2048)
     res = resolve(CAT, stack=["vllm-cuda", "llamacpp-cuda", "trtllm-cuda"],
-                  graph_prefill=[False, False, True], **kw)
+                  graph_prefill=[False, False, True], host_sampling=False, **kw)
     s = res.s
     ov = s.k["ov"]
     pre = prefill_time(s, np.full(3, 1024.0))
@@ -1238,8 +1238,10 @@ def test_llamacpp_quantised_decode_pays_a_matvec_pass_per_token_up_to_eight():
     stacks = ["llamacpp-cuda", "llamacpp-cuda", "llamacpp-vulkan", "vllm-cuda", "llamacpp-hip"]
     accs = ["h100-sxm"] * 4 + ["mi300x"]
     dts = ["q4_0", "bf16", "q4_0", "int4", "q4_k_m"]
+    # host_sampling off: llama-server's per-slot CPU sampling has a test of its own
     s = resolve(CAT, accelerator=accs, stack=stacks, model="llama-3.1-8b", tp=1, pp=1,
-                weight_dtype=dts, kv_dtype="bf16", context=2048, calib=Calibration()).s
+                weight_dtype=dts, kv_dtype="bf16", context=2048, calib=Calibration(),
+                host_sampling=False).s
     assert s.mmvq_rate is not None
     fp32 = [CAT.accelerator(a).peak_tflops["fp32"] * 1e12 for a in accs]
     assert s.mmvq_rate == pytest.approx([fp32[0], 0.0, 0.0, 0.0, fp32[4]])
@@ -1302,3 +1304,43 @@ def test_mmvq_eff_is_what_the_published_rtx_3090_table_gives():
     per_token = (step_s[8] - step_s[1]) / 7
     fp32 = CAT.accelerator("rtx-3090").peak_tflops["fp32"] * 1e12
     assert s.flops_tok[0] / per_token / fp32 == pytest.approx(MMVQ_EFF, abs=0.005)
+
+
+def test_llama_server_samples_each_slot_on_the_cpu():
+    """llama-server copies every slot's logits to the host and samples them one slot after
+    another between decode steps: LLAMA_SERVER_SAMPLE_S_PER_VOCAB x the vocabulary per running
+    sequence and step (llama.cpp issue #27050). llama-bench / llama-batched-bench rows
+    (host_sampling False) and other engines do not pay it."""
+    from moatmeter.perf.deploy import LLAMA_SERVER_SAMPLE_S_PER_VOCAB as per_vocab
+    from moatmeter.perf.step import PER_SEQ_CPU_S
+
+    assert 3e-9 <= per_vocab <= 6e-9
+    kw = dict(accelerator="h100-sxm", tp=1, pp=1, kv_dtype="bf16", context=2048,
+              calib=Calibration())
+    s = resolve(CAT, stack=["llamacpp-cuda", "llamacpp-cuda", "llamacpp-cuda", "vllm-cuda"],
+                model=["llama-3.1-8b", "llama-2-7b", "llama-3.1-8b", "llama-3.1-8b"],
+                weight_dtype=["q4_0", "q4_0", "q4_0", "bf16"],
+                host_sampling=[True, True, False, True], overlap=False, **kw).s
+    # by hand: 128,256 and 32,000 logits per slot
+    assert s.per_seq == pytest.approx([per_vocab * 128256, per_vocab * 32000, 0.0, PER_SEQ_CPU_S])
+    assert s.per_seq[0] == pytest.approx(0.5e-3, rel=0.01)  # ~0.5 ms per slot and step
+    ctx = np.full(4, 1024.0)
+    d16 = decode_step(s, np.full(4, 16.0), ctx).total - decode_step(s, np.ones(4), ctx).total
+    plain = decode_step(replace(s, per_seq=None), np.full(4, 16.0), ctx).total - decode_step(
+        replace(s, per_seq=None), np.ones(4), ctx).total
+    assert d16 - plain == pytest.approx(15 * s.per_seq)
+    # a planner deployment is a server: on by default for llama.cpp
+    dflt = resolve(CAT, stack="llamacpp-cuda", model="llama-3.1-8b", weight_dtype="q4_0",
+                   **kw).s
+    assert dflt.per_seq == pytest.approx([per_vocab * 128256])
+
+
+def test_only_llama_server_rows_are_marked_as_sampling_on_the_host():
+    from moatmeter.perf.observations import bundled_observations, map_rows, read_observations
+
+    obs, _ = map_rows(CAT, read_observations(bundled_observations()))
+    marked = {o.id for o in obs if o.host_sampling}
+    assert marked and all(i.startswith("mm-h100-lcpp-serve-") for i in marked)
+    lcpp = [o for o in obs if o.engine.lower() == "llama.cpp"]
+    assert any("batched" in o.id for o in lcpp)
+    assert not any(o.host_sampling for o in lcpp if "batched" in o.id or "-fa-" in o.id)

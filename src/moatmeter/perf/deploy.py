@@ -88,6 +88,17 @@ OVERLAP_ENGINES = tuple(OVERLAP_SINCE)
 # (``step.PER_SEQ_CPU_S``): vLLM's Python scheduler and output processing. TGI's Gaudi runs at
 # static batches of 1,000-4,000 show no such cost, SGLang overlaps since 0.4.
 PER_SEQ_ENGINES = ("vllm",)
+# llama-server samples every slot's next token on the CPU from the full logits row it copies back
+# from the device, one slot after another, between decode steps: seconds per slot and per
+# vocabulary entry. llama.cpp issue #27050 (2026-08-14, one RTX 5090, 32 slots): TPOT 41.2 ms with
+# CPU sampling against 25.4 ms with backend sampling (-bs, off by default), with 16.2 MB of logits
+# copied per step (about 128k entries per slot at fp32): 15.8 ms / 32 slots / ~128k = 3.9 ns
+# (estimate, range 3-6 ns: the host CPU is not stated). Zero turns it off. moatmeter's own H100
+# server runs imply about 4.7 ns (Llama-2, 32,000 entries) and 5.5 ns (Llama-3.1, 128,256) per
+# slot and entry (docs/bench-h100.md), not used here: held out, its 16-user llama-server rows go
+# from 1.42-1.87x output to 1.14-1.23x (leave-one-source-out CV on 1,203 rows: 14.2 / 45.3 %
+# median / p90, 184 beyond 35 % -> 14.2 / 44.5 %, 182).
+LLAMA_SERVER_SAMPLE_S_PER_VOCAB = 3.9e-9
 # llama.cpp backends whose decode of GGUF block weights runs mul_mat_vec_q up to 8 tokens
 # (``step.MMVQ_EFF``): CUDA, and HIP, which compiles the same kernels for AMD GPUs.
 MMVQ_BACKENDS = ("cuda", "rocm")
@@ -206,7 +217,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
             calib: Calibration | None = None, dp_attention: Any = False,
             profile_tokens: Any = None, graph_prefill: Any = False,
             eager_decode: Any = False, poll_steps: Any = 1.0,
-            batch_wait: Any = None, overlap: Any = None) -> Resolved:
+            batch_wait: Any = None, overlap: Any = None, host_sampling: Any = None) -> Resolved:
     """Arrays (or scalars, broadcast) of ids and settings → ``Resolved``.
 
     ``dp_attention`` (bool per row): attention runs data-parallel across the TP group (SGLang
@@ -238,6 +249,10 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
     overlap (async) scheduler plans step k + 1 while step k runs and hands out step k's tokens
     after launching it, so under load a new prompt's first token comes ``step.OVERLAP_LAG``
     steps later.
+
+    ``host_sampling`` (bool per row, None = every llama.cpp row): llama-server samples each
+    slot's token on the CPU between decode steps (``LLAMA_SERVER_SAMPLE_S_PER_VOCAB`` x the
+    vocabulary, per running sequence and step); llama-bench and llama-batched-bench do not sample.
 
     ``model`` holds catalog model ids (or one ``ModelEntry``). Unknown ids raise ``CatalogError``.
     """
@@ -468,6 +483,12 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
                else np.broadcast_to(np.asarray(overlap, bool), (n,)).copy())
     # an overlap scheduler hides the per-sequence CPU work; None keeps the planner's grid free of it
     per_seq = np.where(ovl_row, 0.0, pseq_u[st_i])
+    if LLAMA_SERVER_SAMPLE_S_PER_VOCAB > 0:
+        lcpp = np.array([s.engine.lower() == "llama.cpp" for s in stacks])[st_i]
+        if host_sampling is not None:
+            lcpp = lcpp & np.broadcast_to(np.asarray(host_sampling, bool), (n,))
+        per_seq = per_seq + np.where(lcpp, LLAMA_SERVER_SAMPLE_S_PER_VOCAB
+                                     * mcol(lambda a: float(a.vocab)), 0.0)
     s = StepInputs(peak=np.maximum(peak, 1.0), bw=bw, link_bw=link_bw, link_lat=link_lat,
                    tp=tp, pp=pp, eff_c=eff_r[:, 0], eff_m=eff_r[:, 1], overhead=eff_r[:, 2],
                    w_dense=w_dense + w_attn_extra, w_expert=w_expert, n_experts=n_exp, topk=topk,

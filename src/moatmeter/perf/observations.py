@@ -104,6 +104,10 @@ EXCLUDED = re.compile(r"excluded from calibration:\s*([^;|]+)", re.IGNORECASE)
 # declare CUDA-graph batch sizes up to 8192; for other engines 1024 is an estimate.
 OFFLINE_MAX_BATCH = {"tensorrt-llm": 8192.0}
 OFFLINE_MAX_BATCH_DEFAULT = 1024.0
+# a llama.cpp row served by llama-server (which samples each slot on the CPU,
+# ``deploy.LLAMA_SERVER_SAMPLE_S_PER_VOCAB``), unless the notes name a bench tool that does not
+LLAMA_SERVER = re.compile(r"llama-server", re.IGNORECASE)
+LLAMA_BENCH = re.compile(r"llama-bench|batched-bench", re.IGNORECASE)
 # vLLM V1 is the default engine from 0.8 on CUDA and from 0.10 on ROCm (for a row that names no
 # version: from the date); V0 keeps 256 sequences, as does V1 on small devices and Gaudi's plugin.
 VLLM_V1_SINCE = {"cuda": ((0, 8), 2025.25), "rocm": ((0, 10), 2025.6)}
@@ -187,6 +191,7 @@ class Obs:
     profile_tokens: float = float("nan")  # tokens of the engine's start-up profiling pass
     graph_prefill: bool = False  # prompts run from a prebuilt engine too (TensorRT-LLM engines)
     eager_decode: bool = False  # no CUDA graphs at all (--enforce-eager, "CUDA graphs off")
+    host_sampling: bool = False  # llama-server samples each slot on the CPU (llama.cpp served)
     poll_steps: float = 1.0  # SGLang --scheduler-recv-interval: new requests taken every N steps
     batch_wait_iters: float = 0.0  # TensorRT-LLM batch_wait_timeout_iters (0 = off)
     batch_wait_tokens: float = 0.0  # batch_wait_max_tokens_ratio x max_num_tokens
@@ -536,6 +541,9 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                            f"{r.get('engine_version', '')} {notes}")) else 1.0,
                        **_batch_wait_notes(f"{r.get('engine_version', '')} {notes}"),
                        eager_decode=eager_dec, graph_prefill=graph_pre,
+                       host_sampling=(engine.lower() == "llama.cpp"
+                                      and bool(LLAMA_SERVER.search(notes))
+                                      and not LLAMA_BENCH.search(notes)),
                        overlap=overlap_scheduler(engine, version, notes, graph_pre, eager_dec,
                                                  when),
                        server_batch=server_max_batch(engine, r["backend"], version, when, acc)))
@@ -593,7 +601,8 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
                   poll_steps=np.array([o.poll_steps for o in obs], dtype=float),
                   batch_wait=(np.array([o.batch_wait_iters for o in obs], dtype=float),
                               np.array([o.batch_wait_tokens for o in obs], dtype=float)),
-                  overlap=np.array([o.overlap for o in obs], dtype=bool))
+                  overlap=np.array([o.overlap for o in obs], dtype=bool),
+                  host_sampling=np.array([o.host_sampling for o in obs], dtype=bool))
     res.s = res.s.with_speculation(np.array([o.spec_k for o in obs], dtype=float),
                                    np.array([o.spec_accept for o in obs], dtype=float))
     keep = np.flatnonzero(res.feasible)
