@@ -105,8 +105,9 @@ EXCLUDED = re.compile(r"excluded from calibration:\s*([^;|]+)", re.IGNORECASE)
 OFFLINE_MAX_BATCH = {"tensorrt-llm": 8192.0}
 OFFLINE_MAX_BATCH_DEFAULT = 1024.0
 # a llama.cpp row served by llama-server (which samples each slot on the CPU,
-# ``deploy.LLAMA_SERVER_SAMPLE_S_PER_VOCAB``), unless the notes name a bench tool that does not
-LLAMA_SERVER = re.compile(r"llama-server", re.IGNORECASE)
+# ``deploy.LLAMA_SERVER_SAMPLE_S_PER_VOCAB``), unless the notes name a bench tool that does not;
+# `moatmeter bench serve` rows measure an OpenAI-compatible server, for llama.cpp llama-server
+LLAMA_SERVER = re.compile(r"llama-server|moatmeter bench serve", re.IGNORECASE)
 LLAMA_BENCH = re.compile(r"llama-bench|batched-bench", re.IGNORECASE)
 # vLLM V1 is the default engine from 0.8 on CUDA and from 0.10 on ROCm (for a row that names no
 # version: from the date); V0 keeps 256 sequences, as does V1 on small devices and Gaudi's plugin.
