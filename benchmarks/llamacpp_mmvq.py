@@ -50,10 +50,10 @@ def main() -> None:
         if small.sum() >= 2:
             lo, hi = np.argmin(n), np.flatnonzero(small)[np.argmax(n[small])]
             per_tok = (t[hi] - t[lo]) / (n[hi] - n[lo])
-            eff = s.flops_tok[0] / per_tok / fp32
+            rate = s.flops_tok[0] / per_tok
             print(f"  {per_tok * 1e3:.3f} ms per extra token from {n[lo]:.0f} to {n[hi]:.0f} "
-                  f"= {s.flops_tok[0] / per_tok / 1e12:.1f} TFLOP/s of {fp32 / 1e12:.1f} fp32: "
-                  f"{eff:.2f} of the rate")
+                  f"= {rate / 1e12:.1f} TFLOP/s of {fp32 / 1e12:.1f} fp32: "
+                  f"{rate / fp32:.2f} of the rate")
         for ni, ti, pi in zip(n, t, pred, strict=True):
             ratios.append(pi / ti)
             print(f"  ubatch {ni:3.0f}: measured {ti * 1e3:6.2f} ms per step, model "

@@ -118,6 +118,13 @@ def test_bench_serve_against_llama_server(llama_url: str, tmp_path: Path) -> Non
     assert by["output_tokens_per_s"]["backend"] == "CPU"
     assert by["output_tokens_per_s"]["output_len"] == 16
     assert by["output_tokens_per_s"]["value"] == pytest.approx(s["output_tokens_per_s"])
+    # the exported rows of a llama-server run are served rows: the perf model charges them
+    # llama-server's per-slot sampling on the CPU (deploy.LLAMA_SERVER_SAMPLE_S_PER_VOCAB)
+    from moatmeter.catalog.load import load_catalog
+    from moatmeter.perf.observations import map_rows
+
+    mapped, skipped = map_rows(load_catalog(), [{k: str(v) for k, v in o.items()} for o in obs])
+    assert not skipped and mapped and all(m.host_sampling for m in mapped)
 
 
 def test_llama_server_chat_endpoint_and_wrong_model_path(llama_url: str, tmp_path: Path) -> None:

@@ -1344,13 +1344,4 @@ def test_only_llama_server_rows_are_marked_as_sampling_on_the_host():
     lcpp = [o for o in obs if o.engine.lower() == "llama.cpp"]
     assert any("batched" in o.id for o in lcpp)
     assert not any(o.host_sampling for o in lcpp if "batched" in o.id or "-fa-" in o.id)
-    # a user's own `moatmeter bench serve` rows against llama-server are served rows too
-    row = {"id": "bench-x-ttft_ms", "source": "moatmeter bench serve run x against "
-           "http://127.0.0.1:8080, 2026-11-28", "accelerator": "NVIDIA H100 SXM5 80GB",
-           "count": "1", "engine": "llama.cpp", "backend": "CUDA", "engine_version": "b1",
-           "model": "meta-llama/Llama-3.1-8B-Instruct", "weight_dtype": "q4_0", "kv_dtype": "",
-           "scenario": "fixed_concurrency", "concurrency": "4", "input_len": "512",
-           "output_len": "128", "metric": "ttft_ms", "value": "50",
-           "notes": "measured by moatmeter bench serve (40 requests, 0 errors)"}
-    mine, skipped = map_rows(CAT, [row])
-    assert not skipped and mine[0].host_sampling
+    # a user's own `moatmeter bench serve` rows: tests/test_llamacpp_serve.py, on a real server

@@ -488,7 +488,7 @@ def resolve(catalog: Catalog, *, accelerator: Any, stack: Any, model: Any, tp: A
         if host_sampling is not None:
             lcpp = lcpp & np.broadcast_to(np.asarray(host_sampling, bool), (n,))
         per_seq = per_seq + np.where(lcpp, LLAMA_SERVER_SAMPLE_S_PER_VOCAB
-                                     * mcol(lambda a: float(a.vocab)), 0.0)
+                                     * mcol(lambda a: a.vocab), 0.0)
     s = StepInputs(peak=np.maximum(peak, 1.0), bw=bw, link_bw=link_bw, link_lat=link_lat,
                    tp=tp, pp=pp, eff_c=eff_r[:, 0], eff_m=eff_r[:, 1], overhead=eff_r[:, 2],
                    w_dense=w_dense + w_attn_extra, w_expert=w_expert, n_experts=n_exp, topk=topk,
