@@ -41,8 +41,9 @@ def main() -> None:
         pts.sort()
         n = np.array([p[0] for p in pts])
         t = np.array([p[1] for p in pts])
+        # llama-bench does not sample: no per-slot host sampling
         s = resolve(cat, accelerator=gpu, stack="llamacpp-cuda", model=model, tp=1, pp=1,
-                    weight_dtype=quant, kv_dtype="bf16", context=1024).s
+                    weight_dtype=quant, kv_dtype="bf16", context=1024, host_sampling=False).s
         pred = decode_step(s, n, np.full(len(n), CONTEXT)).total
         fp32 = cat.accelerator(gpu).peak_tflops["fp32"] * 1e12
         print(f"\n{src}, {date}, {gpu}, {model} {quant}, column '{col}'")

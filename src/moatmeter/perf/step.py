@@ -138,7 +138,7 @@ PER_SEQ_CPU_S = 30e-6
 # costs less, 0.56 of the rate there and 0.6 in PR #5351's RTX 3090 Llama 2 7B Q4_0 run at ubatch
 # 1-2, the last four more, 0.31; estimate, range 0.3-0.6). It also gives the floor RTX 4090 runs
 # show from 9 tokens on (PR #15131, 2025-08, Llama 8B Q4_0, ubatch 10-16: 8.43-8.63 ms per step; the
-# fitted model: 9.3-9.6 ms, with 0.48 ms of step overhead; benchmarks/llamacpp_mmvq.py prints both).
+# fitted model: 9.2-9.5 ms, with 0.53 ms of step overhead; benchmarks/llamacpp_mmvq.py prints both).
 # Zero turns the term off. Without it the step model read the weights once for all 8 tokens: held
 # out, moatmeter's own llama-batched-bench runs on an H100 at 8-32 sequences were predicted at
 # 0.43-0.55x their step time; with it 0.78-1.11x (leave-one-source-out CV on 1,203 rows: 14.6 / 46.5
