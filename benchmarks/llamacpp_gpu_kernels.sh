@@ -10,7 +10,8 @@
 # BIN_DIR holds llama-bench and llama-batched-bench (and their shared libraries). TYPES lists the
 # weight types for llama-bench (default "f16 q8_0 q4_0"; TYPES= for none), BB_TYPE the one for
 # batched decoding (default q4_0). FlashAttention is on: -fa 1 for llama-bench, and
-# llama-batched-bench's default (auto) turns it on for CUDA GPUs.
+# llama-batched-bench's default (auto) turns it on for CUDA GPUs. GGUF names the batched-decode
+# file instead of /tmp/MODEL-TYPE.gguf (a variant, e.g. written with random_gguf.py --vocab).
 set -euo pipefail
 BIN=${1:?BIN_DIR}
 OUT=${2:?OUT_DIR}
@@ -39,7 +40,7 @@ EOF
 done
 
 # 512-token prompts, 128 tokens each, B sequences at once (prompts not shared): decode speed
-"$BIN/llama-batched-bench" -m "$(gguf "$BB_TYPE")" -ngl 99 -c 20992 -b 2048 -ub 512 \
+"$BIN/llama-batched-bench" -m "${GGUF:-$(gguf "$BB_TYPE")}" -ngl 99 -c 20992 -b 2048 -ub 512 \
   -npp 512 -ntg 128 -npl 1,2,4,8,16,32 --output-format jsonl 2>"$OUT/batched_bench.log" \
   | grep '^{' >"$OUT/batched_bench_$BB_TYPE.jsonl"
 python3 - "$OUT/batched_bench_$BB_TYPE.jsonl" "$BB_TYPE" <<'EOF'
