@@ -984,6 +984,43 @@ def test_the_recv_interval_is_read_from_the_notes():
     assert [o.poll_steps for o in obs] == [30.0, 1.0]
 
 
+def test_vllm_multi_step_scheduling_is_read_as_a_polling_interval():
+    """vLLM 0.6's --num-scheduler-steps N schedules once per N decode steps: a new prompt waits
+    for the window to end, as under SGLang's receive interval."""
+    from moatmeter.perf.observations import map_rows
+
+    obs, _ = map_rows(CAT, [_row(engine="vLLM", engine_version="0.6.4 --num-scheduler-steps 20",
+                                 metric="ttft_ms"),
+                            _row(id="b", engine="vLLM", notes="num_scheduler_steps=8",
+                                 metric="ttft_ms"),
+                            _row(id="c", engine="vLLM", metric="ttft_ms")])
+    assert [o.poll_steps for o in obs] == [20.0, 8.0, 1.0]
+
+
+def test_a_stated_server_cap_holds_a_deeper_closed_loop_back():
+    """A closed loop of 512 clients against a server that ran with vLLM's default cap (or an
+    explicit --max-num-seqs 256) has only 256 requests running: the rest queue, so TTFT grows
+    and TPOT is that of 256. Without a statement the row is taken as a server sized for its
+    clients (static-batch tables)."""
+    from moatmeter.perf.observations import map_rows
+    from moatmeter.perf.validate import validate_rows
+
+    kw = dict(engine="vLLM", engine_version="0.6.4", concurrency="512", input_len="256",
+              output_len="256")
+    rows = [_row(id=f"{tag}-{m}", metric=m, notes=notes, **kw)
+            for tag, notes in (("default", "server without --max-num-seqs, i.e. vLLM default"),
+                               ("explicit", "vllm serve --max-num-seqs 256"),
+                               ("unstated", ""))
+            for m in ("ttft_ms", "tpot_ms")]
+    obs, _ = map_rows(CAT, rows)
+    assert [(o.server_batch, o.batch_stated) for o in obs][::2] == [
+        (256.0, True), (256.0, True), (256.0, False)]
+    pred = {r["id"]: r["predicted"] for r in validate_rows(CAT, rows)["rows"]}
+    for tag in ("default", "explicit"):
+        assert pred[f"{tag}-ttft_ms"] > 2 * pred["unstated-ttft_ms"]
+        assert pred[f"{tag}-tpot_ms"] < 0.8 * pred["unstated-tpot_ms"]
+
+
 def test_a_closed_loop_run_starts_with_a_wave_of_prompts():
     """benchmark_serving starts its B slots at once: the first B prompts prefill together, which
     is B / N of the mean TTFT of an N-prompt run (InferenceX: N = 10 B) and nothing of a long

@@ -202,6 +202,7 @@ class Obs:
     spec_k: float = 0.0  # speculative decoding: drafted tokens per step (0 = off)
     spec_accept: float = 0.0  # per-token acceptance probability
     server_batch: float = float(DEFAULT_MAX_BATCH)  # the server's default cap on running requests
+    batch_stated: bool = False  # the notes state the server's cap (or that it ran with the default)
 
 
 # B slots that start and end together: a stated lock-step run, a static batch (TensorRT-LLM
@@ -278,8 +279,15 @@ DP_ATTENTION_INACTIVE = re.compile(r"\bDP attention inactive\b", re.IGNORECASE)
 # no CUDA graphs at all, decode included: vLLM --enforce-eager, or notes that say "CUDA graphs off"
 NO_CUDA_GRAPHS = re.compile(r"--enforce[-_]eager|\benforce_eager\b|\bCUDA graphs off\b",
                             re.IGNORECASE)
-# SGLang's --scheduler-recv-interval N: while a batch decodes, new requests are taken every N steps
-RECV_INTERVAL = re.compile(r"scheduler[-_]recv[-_]interval\s*=?\s*(\d+)")
+# SGLang's --scheduler-recv-interval N: while a batch decodes, new requests are taken every N steps;
+# vLLM's multi-step scheduling (--num-scheduler-steps N, v0.6-v0.7) schedules once per N decode
+# steps, so a new prompt likewise waits for the window to end
+RECV_INTERVAL = re.compile(r"scheduler[-_]recv[-_]interval\s*=?\s*(\d+)"
+                           r"|num[-_]scheduler[-_]steps\s*=?\s*(\d+)")
+# the server's cap on running requests where the notes state it (vLLM --max-num-seqs, SGLang
+# --max-running-requests), or state that the server ran without one (the engine's default)
+MAX_SEQS = re.compile(r"--max[-_]num[-_]seqs[ =](\d+)|--max[-_]running[-_]requests[ =](\d+)")
+DEFAULT_SEQS = re.compile(r"without --max[-_]num[-_]seqs|without --max[-_]running[-_]requests")
 # TensorRT-LLM's delayed batching as the notes state it: "batch_wait_timeout_iters 40",
 # "batch_wait_max_tokens_ratio 0.8" and the engine's "max_num_tokens 8192"
 BATCH_WAIT_ITERS = re.compile(r"batch_wait_timeout_iters\s*=?\s*(\d+)")
@@ -538,8 +546,8 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                        when=when,
                        spec_k=spec_k, spec_accept=spec_a,
                        n_prompts=_n_prompts(notes, conc),
-                       poll_steps=float(mr_.group(1)) if (mr_ := RECV_INTERVAL.search(
-                           f"{r.get('engine_version', '')} {notes}")) else 1.0,
+                       poll_steps=float(mr_.group(1) or mr_.group(2)) if (
+                           mr_ := RECV_INTERVAL.search(f"{version} {notes}")) else 1.0,
                        **_batch_wait_notes(f"{r.get('engine_version', '')} {notes}"),
                        eager_decode=eager_dec, graph_prefill=graph_pre,
                        host_sampling=(engine.lower() == "llama.cpp"
@@ -547,7 +555,10 @@ def map_rows(cat: Catalog, rows: list[dict[str, str]]) -> tuple[list[Obs], list[
                                       and not LLAMA_BENCH.search(notes)),
                        overlap=overlap_scheduler(engine, version, notes, graph_pre, eager_dec,
                                                  when),
-                       server_batch=server_max_batch(engine, r["backend"], version, when, acc)))
+                       server_batch=float(cap.group(1) or cap.group(2)) if (
+                           cap := MAX_SEQS.search(f"{version} {notes}"))
+                       else server_max_batch(engine, r["backend"], version, when, acc),
+                       batch_stated=bool(cap or DEFAULT_SEQS.search(notes))))
     return out, skipped
 
 
@@ -589,9 +600,11 @@ def prepare(cat: Catalog, obs: list[Obs], calib: Calibration | None = None
     burst_row = ~np.isnan(np.array([o.burst_cap for o in obs], dtype=float))
     stated = np.nan_to_num(col["concurrency"].astype(float) / col["replicas"].astype(float))
     srv = np.array([o.server_batch for o in obs])
-    mb = np.where(scen == "offline", off,
-                  np.where((scen == "fixed_concurrency") & ~burst_row,
-                           np.maximum(srv, stated), srv))
+    told = np.array([o.batch_stated for o in obs], dtype=bool)
+    mb = np.where(told, srv,
+                  np.where(scen == "offline", off,
+                           np.where((scen == "fixed_concurrency") & ~burst_row,
+                                    np.maximum(srv, stated), srv)))
     res = resolve(cat, accelerator=col["accelerator"], stack=col["stack"], model=col["model"],
                   tp=col["tp"], pp=col["pp"], weight_dtype=col["weight_dtype"],
                   kv_dtype=col["kv_dtype"], context=ctx, max_batch=mb, calib=calib,
@@ -669,6 +682,13 @@ def predict_prepared(p: Prepared, eff_c: np.ndarray | None = None, eff_m: np.nda
         share = np.clip(b / p.n_prompts[i], 0.0, 1.0)
         wave = wave_ttft(prefill_time(s.take(i), p.inp[i], b).total, b)
         ttft[i] = share * wave + (1.0 - share) * ttft[i]
+    # more clients than the server runs at once (its cap or its KV pool): the rest wait in its
+    # queue, each for (B - cap) / throughput by Little's law (as `predict` charges it)
+    qd = (cl & (p.scen == "fixed_concurrency") & ~p.lockstep & ~bu
+          & (np.nan_to_num(conc, nan=1.0) > bcap))
+    if qd.any():
+        i = np.flatnonzero(qd)
+        ttft[i] = ttft[i] + (conc[i] - bcap[i]) / np.maximum(rps[i], 1e-12)
     ls = cl & p.lockstep & ~bu
     if ls.any():
         i = np.flatnonzero(ls)
