@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -1377,8 +1378,11 @@ def test_only_llama_server_rows_are_marked_as_sampling_on_the_host():
 
     obs, _ = map_rows(CAT, read_observations(bundled_observations()))
     marked = {o.id for o in obs if o.host_sampling}
-    assert marked and all(i.startswith("mm-h100-lcpp-serve-") for i in marked)
+    # exactly moatmeter's own llama-server runs (H100, H200): `bench serve` against llama-server
+    served = {o.id for o in obs if re.match(r"mm-h[12]00-lcpp-(serve|slots)-", o.id)}
+    assert len(served) >= 48 and marked == served
     lcpp = [o for o in obs if o.engine.lower() == "llama.cpp"]
     assert any("batched" in o.id for o in lcpp)
-    assert not any(o.host_sampling for o in lcpp if "batched" in o.id or "-fa-" in o.id)
+    assert not any(o.host_sampling for o in lcpp if "batched" in o.id or "-fa-" in o.id
+                   or "-cuda-" in o.id)
     # a user's own `moatmeter bench serve` rows: tests/test_llamacpp_serve.py, on a real server

@@ -97,7 +97,9 @@ PER_SEQ_ENGINES = ("vllm",)
 # server runs imply about 4.7 ns (Llama-2, 32,000 entries) and 5.5 ns (Llama-3.1, 128,256) per
 # slot and entry (docs/bench-h100.md), not used here: held out, its 16-user llama-server rows go
 # from 1.42-1.87x output to 1.14-1.23x (leave-one-source-out CV on 1,203 rows: 14.2 / 45.3 %
-# median / p90, 184 beyond 35 % -> 14.2 / 44.5 %, 182).
+# median / p90, 184 beyond 35 % -> 14.2 / 44.5 %, 182). Measured directly on a lent H200 by
+# serving the same layers with a 128,256- and a 32,000-entry vocabulary at 1-32 users: 3.4 ns
+# (2.8-3.6 over six pairs, linear in slots; benchmarks/llamacpp_sampling.py, docs/bench-h200.md).
 LLAMA_SERVER_SAMPLE_S_PER_VOCAB = 3.9e-9
 # llama.cpp backends whose decode of GGUF block weights runs mul_mat_vec_q up to 8 tokens
 # (``step.MMVQ_EFF``): CUDA, and HIP, which compiles the same kernels for AMD GPUs.
