@@ -18,6 +18,8 @@ MODEL=${3:-llama-2-7b}
 TYPE=${4:-q4_0}
 PORT=${PORT:-8090}
 mkdir -p "$OUT"
+# shellcheck source=benchmarks/llama_server_ready.sh
+. "$(dirname "$0")/llama_server_ready.sh"
 export LD_LIBRARY_PATH="$BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 GGUF=${GGUF:-/tmp/$MODEL-$TYPE.gguf}
 [ -s "$GGUF" ] || python3 benchmarks/random_gguf.py --model "$MODEL" --type "$TYPE" --out "$GGUF"
@@ -40,13 +42,7 @@ serve() {  # serve NAME "SERVER ARGS" "BENCH ARGS"
     >>"$OUT/server.log" 2>&1 &
   local pid=$!
   trap 'kill "$pid" 2>/dev/null || true' EXIT
-  for _ in $(seq 120); do
-    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
-    kill -0 "$pid" 2>/dev/null || { echo "llama-server exited (see $OUT/server.log)" >&2; exit 1; }
-    sleep 1
-  done
-  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 \
-    || { echo "llama-server not ready after 120 s (see $OUT/server.log)" >&2; exit 1; }
+  wait_ready "$PORT" "$pid" "$OUT/server.log"
   # shellcheck disable=SC2086
   python3 -m moatmeter bench serve --url "http://127.0.0.1:$PORT" --model l2 --input-tokens 512 \
     --output-tokens 128 --db "$OUT/serve.db" --json $bargs >"$OUT/serve_$name.json"

@@ -16,6 +16,8 @@ MODEL=${3:-llama-3.1-8b}
 USERS=${4:-1,4,8,32}
 PORT=${PORT:-8091}
 mkdir -p "$OUT"
+# shellcheck source=benchmarks/llama_server_ready.sh
+. "$(dirname "$0")/llama_server_ready.sh"
 export LD_LIBRARY_PATH="$BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 GGUF=${GGUF:-/tmp/$MODEL-q4_0.gguf}
 [ -s "$GGUF" ] || python3 "$(dirname "$0")/random_gguf.py" --model "$MODEL" --type q4_0 --out "$GGUF"
@@ -24,11 +26,7 @@ SLOTS=$(tr ',' '\n' <<<"$USERS" | sort -n | tail -1)
   -np "$SLOTS" -c $((SLOTS * 768)) >"$OUT/server.log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT
-for _ in $(seq 120); do
-  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
-  kill -0 "$pid" 2>/dev/null || { echo "llama-server exited (see $OUT/server.log)" >&2; exit 1; }
-  sleep 1
-done
+wait_ready "$PORT" "$pid" "$OUT/server.log"
 for c in ${USERS//,/ }; do
   python3 -m moatmeter bench serve --url "http://127.0.0.1:$PORT" --model m --input-tokens 512 \
     --output-tokens 128 --db "$OUT/serve.db" --json --concurrency "$c" -n $((c < 4 ? 8 : 4 * c)) \
