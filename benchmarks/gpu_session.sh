@@ -4,8 +4,10 @@
 # decode step against perf.step (decode_step_gpu.py), then llama.cpp with random-weight GGUFs:
 # llama-bench and llama-batched-bench (llamacpp_gpu_kernels.sh), and `bench serve` against
 # llama-server without its prompt cache (llamacpp_gpu.sh), for Llama-2-7B and Llama-3.1-8B Q4_0,
-# and Llama-3.1-8B again with Llama-2's 32,000-entry vocabulary. The last pair separates what a
-# server step costs per slot and vocabulary entry (llama-server samples on the CPU) from the layers.
+# and Llama-3.1-8B again with Llama-2's 32,000-entry vocabulary; last, one 32-slot llama-server at
+# 1, 4, 8 and 32 users for both Llama-3.1-8B files (llamacpp_slots.sh; SLOT_USERS= skips it). The
+# vocabulary pairs separate what a server step costs per slot and vocabulary entry (llama-server
+# samples on the CPU) from the layers (benchmarks/llamacpp_sampling.py reads them).
 #
 #   benchmarks/gpu_session.sh BIN_DIR OUT_DIR
 #
@@ -65,4 +67,11 @@ step serve-A "$HERE/llamacpp_gpu.sh" "$BIN" "$OUT/serve-a" "$A" q4_0
 step serve-B "$HERE/llamacpp_gpu.sh" "$BIN" "$OUT/serve-b" "$B" q4_0
 GGUF=$GBV step serve-B-vocab32k "$HERE/llamacpp_gpu.sh" "$BIN" "$OUT/serve-b-vocab32k" \
   "$B" q4_0
+
+USERS=${SLOT_USERS-1,4,8,32}
+if [ -n "$USERS" ]; then
+  step slots-B "$HERE/llamacpp_slots.sh" "$BIN" "$OUT/slots/slots-b" "$B" "$USERS"
+  GGUF=$GBV step slots-B-vocab32k "$HERE/llamacpp_slots.sh" "$BIN" "$OUT/slots/slots-b-vocab32k" \
+    "$B" "$USERS"
+fi
 exit $failed

@@ -10,11 +10,14 @@ TPOT, both batched-bench steps, and the cost per slot and entry that the differe
 
     ns = ((TPOT_128k - TPOT_32k) - (step_128k - step_32k)) / (slots * (128,256 - 32,000))
 
-    python3 benchmarks/llamacpp_sampling.py
+    python3 benchmarks/llamacpp_sampling.py [RUN_DIR]
+
+RUN_DIR is a results folder laid out as benchmarks/gpu_session.sh writes it (default: the H200 run).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -22,7 +25,7 @@ import numpy as np
 
 from moatmeter.perf.deploy import LLAMA_SERVER_SAMPLE_S_PER_VOCAB
 
-RUN = Path(__file__).parent / "results" / "h200-2026-11-28"
+DEFAULT_RUN = Path(__file__).parent / "results" / "h200-2026-11-28"
 VOCABS = {"128k": 128_256, "32k": 32_000}
 # (label, concurrency, report of the 128k-vocabulary server, of the 32k one)
 SERVES = [
@@ -35,24 +38,27 @@ SERVES = [
 ]
 
 
-def batched_steps(sub: str) -> dict[int, float]:
+def batched_steps(run: Path, sub: str) -> dict[int, float]:
     """llama-batched-bench decode step (s) per number of sequences."""
     out = {}
-    for line in (RUN / sub / "batched_bench_q4_0.jsonl").open():
+    for line in (run / sub / "batched_bench_q4_0.jsonl").open():
         r = json.loads(line)
         out[int(r["pl"])] = r["t_tg"] / r["tg"]
     return out
 
 
-def tpot(path: str) -> float:
-    r = json.loads((RUN / path).read_text())
+def tpot(run: Path, path: str) -> float:
+    r = json.loads((run / path).read_text())
     if r["status"] != "complete":
         raise SystemExit(f"{path}: run not complete ({r['status']})")
     return r["tpot_ms"]["mean"] / 1e3
 
 
 def main() -> None:
-    big, small = batched_steps("kernels-b"), batched_steps("kernels-b-vocab32k")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", nargs="?", type=Path, default=DEFAULT_RUN, help="results folder")
+    run = ap.parse_args().run
+    big, small = batched_steps(run, "kernels-b"), batched_steps(run, "kernels-b-vocab32k")
     dv = VOCABS["128k"] - VOCABS["32k"]
     print(f"deploy.LLAMA_SERVER_SAMPLE_S_PER_VOCAB: {LLAMA_SERVER_SAMPLE_S_PER_VOCAB * 1e9:.2f} ns "
           "per slot and vocabulary entry (llama.cpp issue #27050)")
@@ -60,7 +66,9 @@ def main() -> None:
           f" {'ns/slot/entry':>14s}")
     ns = []
     for label, c, p_big, p_small in SERVES:
-        t_big, t_small = tpot(p_big), tpot(p_small)
+        if not (run / p_big).exists():
+            continue  # e.g. a session run with SLOT_USERS= (no 32-slot server)
+        t_big, t_small = tpot(run, p_big), tpot(run, p_small)
         s_big, s_small = big[c], small[c]
         per = ((t_big - t_small) - (s_big - s_small)) / (c * dv)
         ns.append(per * 1e9)
