@@ -998,6 +998,14 @@ def test_vllm_multi_step_scheduling_is_read_as_a_polling_interval():
     assert [o.poll_steps for o in obs] == [20.0, 8.0, 1.0]
 
 
+def test_queue_wait_is_littles_law_beyond_the_cap_and_zero_within():
+    from moatmeter.perf.serving import queue_wait
+
+    w = queue_wait(np.array([100.0, 256.0, 512.0]), np.array([256.0, 256.0, 256.0]),
+                   np.array([10.0, 10.0, 8.0]))
+    assert w.tolist() == [0.0, 0.0, 32.0]  # 256 waiting at 8 req/s
+
+
 def test_a_stated_server_cap_holds_a_deeper_closed_loop_back():
     """A closed loop of 512 clients against a server that ran with vLLM's default cap (or an
     explicit --max-num-seqs 256) has only 256 requests running: the rest queue, so TTFT grows

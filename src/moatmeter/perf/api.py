@@ -26,7 +26,7 @@ from moatmeter.perf.calibrate import (
     prefill_share,
 )
 from moatmeter.perf.deploy import Resolved, resolve
-from moatmeter.perf.serving import ServingPoint, closed_loop, goodput, open_loop
+from moatmeter.perf.serving import ServingPoint, closed_loop, goodput, open_loop, queue_wait
 from moatmeter.perf.speculative import speculation
 from moatmeter.perf.step import OVERLAP_LAG, StepTime
 from moatmeter.perf.step import spec_tokens as spec_tokens_per_step
@@ -376,10 +376,9 @@ def _prediction(r: Resolved, acc: str, stack: str, model: str, count: int, tp: i
             notes.append(f"concurrency per replica {c:g} exceeds the batch cap {r.bcap[0]:.0f}: "
                          "the rest queue")
         pt: ServingPoint = closed_loop(s, np.minimum([c], r.bcap), i1, o1)
-        if c > r.bcap[0]:
-            wait = (c - r.bcap[0]) / max(pt.rate_rps[0], 1e-12)
-            pt.ttft_mean = pt.ttft_mean + wait
-            pt.ttft_p95 = pt.ttft_p95 + wait
+        wait = queue_wait(np.array([c]), r.bcap, pt.rate_rps)
+        pt.ttft_mean = pt.ttft_mean + wait
+        pt.ttft_p95 = pt.ttft_p95 + wait
         load = f"concurrency {concurrency:g}"
     elif rate is not None:
         pt = open_loop(s, np.array([rate / replicas]), i1, o1, r.bcap)

@@ -83,7 +83,7 @@ from moatmeter.perf.deploy import (
     resolve,
     vllm_large_device,
 )
-from moatmeter.perf.serving import closed_loop, goodput, open_loop
+from moatmeter.perf.serving import closed_loop, goodput, open_loop, queue_wait
 from moatmeter.perf.speculative import speculation
 from moatmeter.perf.step import decode_step, prefill_time, spec_tokens
 
@@ -682,13 +682,13 @@ def predict_prepared(p: Prepared, eff_c: np.ndarray | None = None, eff_m: np.nda
         share = np.clip(b / p.n_prompts[i], 0.0, 1.0)
         wave = wave_ttft(prefill_time(s.take(i), p.inp[i], b).total, b)
         ttft[i] = share * wave + (1.0 - share) * ttft[i]
-    # more clients than the server runs at once (its cap or its KV pool): the rest wait in its
-    # queue, each for (B - cap) / throughput by Little's law (as `predict` charges it)
+    # more clients than the server runs at once (its cap or its KV pool) wait in its queue, as
+    # `predict` charges it
     qd = (cl & (p.scen == "fixed_concurrency") & ~p.lockstep & ~bu
           & (np.nan_to_num(conc, nan=1.0) > bcap))
     if qd.any():
         i = np.flatnonzero(qd)
-        ttft[i] = ttft[i] + (conc[i] - bcap[i]) / np.maximum(rps[i], 1e-12)
+        ttft[i] = ttft[i] + queue_wait(conc[i], bcap[i], rps[i])
     ls = cl & p.lockstep & ~bu
     if ls.any():
         i = np.flatnonzero(ls)

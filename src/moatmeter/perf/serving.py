@@ -174,6 +174,12 @@ def closed_loop(s: StepInputs, concurrency: np.ndarray, inp: np.ndarray, out: np
                         tpot_mean=tpot, tpot_p95=tpot, output_tps=rps * out, step=st)
 
 
+def queue_wait(clients: np.ndarray, cap: np.ndarray, rps: np.ndarray) -> np.ndarray:
+    """Mean wait in the server's queue of a closed loop with more clients than it runs at once
+    (its batch cap or KV pool): (clients - cap) / throughput, by Little's law; 0 within the cap."""
+    return np.maximum(np.asarray(clients, float) - cap, 0.0) / np.maximum(rps, 1e-12)
+
+
 @dataclass
 class _Ctx:
     s: StepInputs
