@@ -322,6 +322,28 @@ def test_weight_format_has_its_own_calibration_offset():
     assert dtype_class("mxfp4") != dtype_class("nvfp4") == "fp4"
 
 
+def test_a_chip_family_has_an_offset_per_architecture_class_across_stacks():
+    """What a chip does to MoE or MLA models is shared by every engine on it (the family_arch
+    level): the offset moves that class on that family under any stack, and nothing else."""
+    cal = Calibration.from_json(default_calibration().to_json())
+    assert cal.counts["family_arch"]["Hopper|mla-moe"] > 0  # the bundled fit has the level
+    line = "nvidia/gpu/datacenter"
+    stacks = (("vllm-cuda", "vLLM"), ("sglang-cuda", "SGLang"), ("trtllm-cuda", "TensorRT-LLM"))
+
+    def eff(c: Calibration, fam: str, arch: str) -> list:
+        return [c.lookup(st, en, fam, line, arch=arch, dclass="fp8") for st, en in stacks]
+
+    before = {(f, a): eff(cal, f, a) for f in ("Hopper", "Blackwell") for a in ("dense", "mla-moe")}
+    off = cal.offsets["family_arch"].get("Hopper|mla-moe", [0.0, 0.0, 0.0])
+    cal.offsets["family_arch"]["Hopper|mla-moe"] = [off[0] - 1.0, off[1] - 0.5, off[2] + 0.5]
+    after = {k: eff(cal, *k) for k in before}
+    for b, a in zip(before[("Hopper", "mla-moe")], after[("Hopper", "mla-moe")], strict=True):
+        assert a.eff_compute < b.eff_compute and a.eff_memory < b.eff_memory
+        assert a.overhead_s == pytest.approx(b.overhead_s * math.exp(0.5))
+    for k in (("Hopper", "dense"), ("Blackwell", "mla-moe"), ("Blackwell", "dense")):
+        assert [e.eff_compute for e in after[k]] == [e.eff_compute for e in before[k]]
+
+
 def test_a_class_or_format_the_pair_never_ran_widens_the_band():
     """Held out, such rows miss twice as far as rows whose class and format the pair has data
     for (calibrate.NEW_CLASS_WIDEN): the band says so."""

@@ -45,7 +45,7 @@ from moatmeter.errors import InputError
 from moatmeter.perf.memory import DTYPE_CLASS, norm_dtype
 
 LEVELS = ("line", "family", "engine", "stack", "pair", "arch", "pair_arch", "pair_dtype",
-          "family_dtype")
+          "family_dtype", "family_arch")
 # Prior standard deviations of each level's offset for (compute, memory, overhead).
 PRIOR_SD: dict[str, tuple[float, float, float]] = {
     "line": (0.5, 0.5, 0.8),
@@ -77,6 +77,14 @@ PRIOR_SD: dict[str, tuple[float, float, float]] = {
     # one family for one weight format class, whatever the stack: the chip's native support
     # (FP8 tensor cores from Hopper and CDNA3, FP4 from Blackwell and CDNA4) and its absence.
     "family_dtype": (0.2, 0.2, 0.24),
+    # one family for one architecture class, whatever the stack: what the chip does to MoE
+    # routing and MLA (its grouped-GEMM shapes, its collectives at TP 8) that every engine meets on
+    # it, so a stack's Hopper or Blackwell MoE rows inform another stack's on the same chip.
+    # Chosen by leave-one-source-out CV on the 1,248-row set (median / p90 APE, rows beyond 35 %):
+    # without the level 13.7/43.8 (178); SD 0.25 / 0.25 / 0.4: 13.5/43.6 (174); 0.4 / 0.4 / 0.6:
+    # 13.7/43.3 (171); 0.6 / 0.6 / 0.9: 13.5/42.9 (174). The same per engine (engine x arch class)
+    # instead: 13.7/44.2 (180); per stack: 13.9/43.6 (180).
+    "family_arch": (0.4, 0.4, 0.6),
 }
 # Prior means before any data: eff_c 0.45, eff_m 0.70, overhead 3 ms (estimates; ranges
 # 0.2-0.8, 0.4-0.9, 0.5-30 ms).
@@ -230,7 +238,8 @@ def level_keys(line: str, family: str, engine: str, stack: str, arch: str, dclas
     pair = Calibration.pair_key(stack, family)
     return {"line": line, "family": family, "engine": engine.lower(), "stack": stack,
             "pair": pair, "arch": arch, "pair_arch": f"{pair}|{arch}",
-            "pair_dtype": f"{pair}|{dclass}", "family_dtype": f"{family}|{dclass}"}
+            "pair_dtype": f"{pair}|{dclass}", "family_dtype": f"{family}|{dclass}",
+            "family_arch": f"{family}|{arch}"}
 
 
 def logit(p: float) -> float:
