@@ -344,6 +344,29 @@ def test_a_chip_family_has_an_offset_per_architecture_class_across_stacks():
         assert [e.eff_compute for e in after[k]] == [e.eff_compute for e in before[k]]
 
 
+def test_a_weight_format_has_an_offset_on_every_chip_and_stack():
+    """The "dtype" level: a format's kernels cost something everywhere, so its offset moves that
+    format on every (stack, family) pair and leaves the other formats alone."""
+    cal = Calibration.from_json(default_calibration().to_json())
+    assert cal.counts["dtype"]["mxfp4"] > 0  # the bundled fit has the level
+    pairs = (("vllm-cuda", "vLLM", "Hopper", "nvidia/gpu/datacenter"),
+             ("sglang-rocm", "SGLang", "CDNA3", "amd/gpu/datacenter"),
+             ("llamacpp-metal", "llama.cpp", "Apple-M2", "apple/soc/client"))
+
+    def effs(c: Calibration, dclass: str) -> list:
+        return [c.lookup(*p, arch="fine-moe", dclass=dclass) for p in pairs]
+
+    before = {d: effs(cal, d) for d in ("mxfp4", "bf16", "fp8")}
+    off = cal.offsets["dtype"]["mxfp4"]
+    cal.offsets["dtype"]["mxfp4"] = [off[0] - 0.8, off[1] - 0.8, off[2] + 0.4]
+    after = {d: effs(cal, d) for d in before}
+    for b, a in zip(before["mxfp4"], after["mxfp4"], strict=True):
+        assert a.eff_memory < b.eff_memory and a.eff_compute < b.eff_compute
+        assert a.overhead_s == pytest.approx(b.overhead_s * math.exp(0.4))
+    for d in ("bf16", "fp8"):
+        assert [e.eff_memory for e in after[d]] == [e.eff_memory for e in before[d]]
+
+
 def test_a_class_or_format_the_pair_never_ran_widens_the_band():
     """Held out, such rows miss twice as far as rows whose class and format the pair has data
     for (calibrate.NEW_CLASS_WIDEN): the band says so."""
