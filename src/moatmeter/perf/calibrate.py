@@ -78,21 +78,23 @@ PRIOR_SD: dict[str, tuple[float, float, float]] = {
     # (FP8 tensor cores from Hopper and CDNA3, FP4 from Blackwell and CDNA4) and its absence.
     "family_dtype": (0.2, 0.2, 0.24),
     # one family for one architecture class, whatever the stack: what the chip does to MoE
-    # routing and MLA (its grouped-GEMM shapes, its collectives at TP 8) that every engine meets on
-    # it, so a stack's Hopper or Blackwell MoE rows inform another stack's on the same chip.
+    # routing and MLA (grouped GEMMs over small experts, MLA's attention kernels) that every
+    # engine meets on it, so a stack's Hopper or Blackwell MoE rows inform another stack's on the
+    # same chip.
     # Chosen by leave-one-source-out CV on the 1,248-row set (median / p90 APE, rows beyond 35 %):
     # without the level 13.7/43.8 (178); SD 0.25 / 0.25 / 0.4: 13.5/43.6 (174); 0.4 / 0.4 / 0.6:
     # 13.7/43.3 (171); 0.6 / 0.6 / 0.9: 13.5/42.9 (174). The same per engine (engine x arch class)
     # instead: 13.7/44.2 (180); per stack: 13.9/43.6 (180).
     "family_arch": (0.4, 0.4, 0.6),
     # one weight format class, whatever the chip and stack, as "arch" is for the architecture
-    # class: what a format's kernels cost everywhere (MXFP4's MoE kernels dequantise on every chip,
-    # weight-only formats on every stack), so a pair's first rows in a format start from the
-    # format's record elsewhere rather than from its 16-bit one.
+    # class: what a format's kernels cost everywhere (MXFP4's MoE kernels, weight-only formats'
+    # dequantising GEMMs), so a pair's first rows in a format start from the format's record
+    # elsewhere rather than from its 16-bit one.
     # Chosen by leave-one-source-out CV on the 1,248-row set with "family_arch" in (median / p90
-    # APE, rows beyond 35 %): without the level 13.7/43.3 (171); SD 0.15 / 0.15 / 0.18: 13.6/42.8
-    # (169); 0.2 / 0.2 / 0.24: 13.7/43.1 (164); 0.3 / 0.3 / 0.4: 13.7/43.0 (168); 0.5 / 0.5 / 0.6:
-    # 13.8/43.5 (171).
+    # APE, rows beyond 35 %): without the level 13.7/43.3 (171); SD 0.1 / 0.1 / 0.12: 13.5/43.0
+    # (169); 0.15 / 0.15 / 0.18: 13.6/42.8 (169); 0.2 / 0.2 / 0.24: 13.7/43.1 (164); 0.3 / 0.3 /
+    # 0.4: 13.7/43.0 (168); 0.5 / 0.5 / 0.6: 13.8/43.5 (171). 0.2 is a dip between neighbours that
+    # gain 2-3 rows: most of its gain is the spread a prior's value causes.
     "dtype": (0.2, 0.2, 0.24),
 }
 # Prior means before any data: eff_c 0.45, eff_m 0.70, overhead 3 ms (estimates; ranges
