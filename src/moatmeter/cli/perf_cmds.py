@@ -266,9 +266,10 @@ def calibrate_cmd(
 ) -> None:
     """Refit stack × accelerator-family efficiencies to observations and write them.
 
-    The fit is hierarchical (global, vendor, family, engine, stack, pair), so pairs without data
-    fall back to their nearest relatives with a wider uncertainty. `predict`, `validate` and
-    `plan` read the bundled file unless told otherwise (--calibration).
+    The fit is hierarchical (global, vendor line, family, engine, stack, pair, with offsets per
+    model architecture class and weight format on each chip family, on each pair and everywhere),
+    so pairs without data fall back to their nearest relatives with a wider uncertainty.
+    `predict`, `validate` and `plan` read the bundled file unless told otherwise (--calibration).
 
     Example:  moatmeter calibrate --observations my_runs.csv --from-store runs.db --out cal.json
     """
