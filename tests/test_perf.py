@@ -334,7 +334,7 @@ def test_a_chip_family_has_an_offset_per_architecture_class_across_stacks():
         return [c.lookup(st, en, fam, line, arch=arch, dclass="fp8") for st, en in stacks]
 
     before = {(f, a): eff(cal, f, a) for f in ("Hopper", "Blackwell") for a in ("dense", "mla-moe")}
-    off = cal.offsets["family_arch"].get("Hopper|mla-moe", [0.0, 0.0, 0.0])
+    off = cal.offsets["family_arch"]["Hopper|mla-moe"]
     cal.offsets["family_arch"]["Hopper|mla-moe"] = [off[0] - 1.0, off[1] - 0.5, off[2] + 0.5]
     after = {k: eff(cal, *k) for k in before}
     for b, a in zip(before[("Hopper", "mla-moe")], after[("Hopper", "mla-moe")], strict=True):
