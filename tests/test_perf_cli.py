@@ -310,6 +310,52 @@ def test_calibrate_then_validate_cv(cli, tmp_path):
         in p4.stdout
 
 
+def test_predict_and_plan_read_a_calibration_file(cli, tmp_path, monkeypatch):
+    """A refitted calibration (``calibrate --out``) reaches ``predict`` and ``plan``, by flag or
+    by $MOATMETER_CALIBRATION: here one whose vllm-cuda offsets make that stack slower."""
+    from moatmeter.perf.calibrate import bundled_path
+
+    d = json.loads(bundled_path().read_text())
+    c, m, o = d["offsets"]["stack"]["vllm-cuda"]
+    d["offsets"]["stack"]["vllm-cuda"] = [c - 1.0, m - 1.0, o + 1.0]
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps(d))
+    args = (*PREDICT, "--concurrency", "32", "--json")
+    base = json.loads(cli(*args).stdout)
+    p = cli(*args, "--calibration", str(slow))
+    assert p.returncode == 0, p.stderr
+    own = json.loads(p.stdout)
+    assert own["eff_compute"] < base["eff_compute"] and own["eff_memory"] < base["eff_memory"]
+    assert own["overhead_ms"] == pytest.approx(base["overhead_ms"] * math.e, rel=0.01)
+    assert own["tpot_s"] > base["tpot_s"]
+    monkeypatch.setenv("MOATMETER_CALIBRATION", str(slow))
+    assert json.loads(cli(*args).stdout)["tpot_s"] == own["tpot_s"]
+    monkeypatch.delenv("MOATMETER_CALIBRATION")
+
+    scn = tmp_path / "s.yaml"
+    scn.write_text(json.dumps({
+        "name": "t", "model": "llama-3.1-8b",
+        "traffic": {"requests_per_s": 2.0, "input_tokens": 1000, "output_tokens": 250},
+        "slo": {"ttft_p95_s": 2.0, "tpot_p95_s": 0.1},
+        "constraints": {"accelerators": ["h100-sxm"], "stacks": ["vllm-cuda", "sglang-cuda"],
+                        "precisions": ["bf16"]}}))
+
+    def goodputs(*extra: str) -> dict[str, float]:
+        p = cli("plan", str(scn), "--json", "--samples", "200", "--sovereign", *extra)
+        assert p.returncode == 0, p.stderr
+        return {o["id"]: o["goodput_rps_per_replica"] for o in json.loads(p.stdout)["options"]}
+
+    a, b = goodputs(), goodputs("--calibration", str(slow))
+    vllm = [k for k in a if "vllm-cuda" in k]
+    other = [k for k in a if "sglang-cuda" in k]
+    assert vllm and other and set(a) == set(b)
+    assert all(b[k] < a[k] for k in vllm)  # the file's slower vllm-cuda
+    assert all(b[k] == a[k] for k in other)  # the rest as bundled
+    bad = cli("plan", str(scn), "--calibration", str(tmp_path / "none.json"))
+    assert bad.returncode == 2 and "none.json: calibration file not found" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_validate_cv_band_coverage_per_metric(cli, tmp_path):
     rows = _sample_rows(2, 2, ("output_tokens_per_s", "ttft_ms"))
     assert {r["metric"] for r in rows} == {"output_tokens_per_s", "ttft_ms"}

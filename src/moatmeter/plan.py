@@ -19,7 +19,7 @@ from moatmeter.catalog.load import Catalog
 from moatmeter.catalog.schema import Accelerator, Stack
 from moatmeter.errors import InputError
 from moatmeter.perf.api import EXTRAPOLATED_USERS
-from moatmeter.perf.calibrate import default_calibration
+from moatmeter.perf.calibrate import Calibration, default_calibration
 from moatmeter.perf.types import SLO, DeploymentGrid, Workload
 from moatmeter.scenario import DEFAULTS_DOC, MLPERF_SLO_SOURCE, Scenario, as_range, check_ids
 from moatmeter.scenario import resolve_model as _resolve_model
@@ -230,8 +230,13 @@ def resolve_model(scn: Scenario, cat: Catalog, file: str = "scenario"):
 
 
 def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 0,
-         file: str = "scenario", progress: Progress | None = None) -> PlanResult:
-    """Rank SLO-feasible deployments, rentals and APIs by P50 $/M tokens (see module doc)."""
+         file: str = "scenario", progress: Progress | None = None,
+         calib: Calibration | None = None) -> PlanResult:
+    """Rank SLO-feasible deployments, rentals and APIs by P50 $/M tokens (see module doc).
+
+    ``calib``: a calibration refitted on the user's own runs (``moatmeter calibrate --out``)
+    instead of the bundled one; it sets the efficiencies, the bands and the extrapolation notes.
+    """
     from moatmeter.perf import evaluate_grid
 
     say = progress or (lambda _msg: None)
@@ -280,7 +285,8 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
     spec = _speculation(scn, catalog, grid, notes)
     res = evaluate_grid(catalog, model, grid,
                         Workload(t.in_tok, t.out_tok, t.prefix_cache_hit),
-                        SLO(scn.slo.ttft_p95_s, scn.slo.tpot_p95_s), speculation=spec)
+                        SLO(scn.slo.ttft_p95_s, scn.slo.tpot_p95_s), calib=calib,
+                        speculation=spec)
 
     base = ps.base()
     c2s = base[rows["dgx_h100_max_power"]] * 1000.0 / (8.0 * base[rows["h100_tdp"]])
@@ -343,7 +349,7 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
                 res.calibration_note[i] if i < len(res.calibration_note) else "",
                 "speculative decoding on" if i < len(res.speculating) and res.speculating[i]
                 else "", _extrapolated(c.stack.id, gp * (float(res.ttft_p95_s[i])
-                                                          + t.out_tok * tpot)),
+                                                          + t.out_tok * tpot), calib),
                 _tight(peak, gp, replicas - scn.constraints.redundancy_replicas)) if x))
         own.append(o)
         meta.append({"price_row": pr[0], "group": groups[key], "mig": mig, "stack": c.stack,
@@ -414,7 +420,7 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
 
     if ctx.length_points and own_kept:
         say("predicting the length-range ends")
-        _length_ends(catalog, model, scn, own_kept, meta_kept, rin, rout)
+        _length_ends(catalog, model, scn, own_kept, meta_kept, rin, rout, calib)
 
     # Renting the best own configuration per rentable accelerator.
     rent: list[Option] = []
@@ -574,10 +580,10 @@ def _tight(peak: float, gp: float, serving: int) -> str:
             "less goodput than predicted would need another replica")
 
 
-def _extrapolated(stack: str, users: float) -> str:
+def _extrapolated(stack: str, users: float, calib: Calibration | None = None) -> str:
     """A note when the option runs far more concurrent requests per replica (Little's law at
     goodput, p95 latencies: an upper estimate) than any calibration row of its stack."""
-    seen = default_calibration().meta.get("max_users_seen", {}).get(stack)
+    seen = (calib or default_calibration()).meta.get("max_users_seen", {}).get(stack)
     if not seen or not users > EXTRAPOLATED_USERS * seen:
         return ""
     return (f"batched decode extrapolated: no {stack} row in the calibration ran more than "
@@ -607,7 +613,8 @@ def _speculation(scn: Scenario, cat: Catalog, grid: Any, notes: list[str]
 
 
 def _length_ends(cat: Catalog, model: Any, scn: Scenario, opts: list[Option],
-                 metas: list[dict[str, Any]], rin: Any, rout: Any) -> None:
+                 metas: list[dict[str, Any]], rin: Any, rout: Any,
+                 calib: Calibration | None = None) -> None:
     """Goodput of each kept deployment at the short and long ends of the length ranges."""
     from moatmeter.perf import evaluate_grid
 
@@ -621,7 +628,8 @@ def _length_ends(cat: Catalog, model: Any, scn: Scenario, opts: list[Option],
     spec = _speculation(scn, cat, grid, [])
     ends = []
     for li, lo_ in ((rin.low, rout.low), (rin.high, rout.high)):
-        res = evaluate_grid(cat, model, grid, Workload(li, lo_, pc), slo, speculation=spec)
+        res = evaluate_grid(cat, model, grid, Workload(li, lo_, pc), slo, calib=calib,
+                            speculation=spec)
         ends.append(np.where(res.feasible, res.goodput_rps, 0.0))
     for i, o in enumerate(opts):
         o.capacity_lo_rps = float(ends[0][i]) * o.replicas

@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: catalog option, JSON printing, one-line errors."""
+"""Shared CLI plumbing: catalog and calibration options, JSON printing, one-line errors."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from moatmeter.catalog.load import Catalog, load_catalog
+from moatmeter.perf.calibrate import Calibration
 
 # Redirected to a file or a pipe, rich would fit tables to 80 columns and cut numbers short
 # ("30,…"); there is no terminal to fit, so give them room ($COLUMNS still wins).
@@ -30,6 +31,16 @@ CatalogOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+CalibrationOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--calibration",
+        envvar="MOATMETER_CALIBRATION",
+        help="Calibration JSON to use instead of the bundled one (what `moatmeter calibrate "
+        "--out` wrote, e.g. refitted on your own runs).",
+        show_default=False,
+    ),
+]
 
 _cache: dict[str, Catalog] = {}
 
@@ -39,6 +50,11 @@ def get_catalog(user_dir: Path | None = None) -> Catalog:
     if key not in _cache:
         _cache[key] = load_catalog(user_dir)
     return _cache[key]
+
+
+def get_calibration(path: Path | None) -> Calibration | None:
+    """The calibration file the user named, or None for the bundled one."""
+    return Calibration.load(path) if path is not None else None
 
 
 def _clean(obj: Any) -> Any:

@@ -12,7 +12,16 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from moatmeter.cli.common import CatalogOpt, JsonOpt, console, err_console, get_catalog, print_json
+from moatmeter.cli.common import (
+    CalibrationOpt,
+    CatalogOpt,
+    JsonOpt,
+    console,
+    err_console,
+    get_calibration,
+    get_catalog,
+    print_json,
+)
 from moatmeter.errors import InputError
 
 
@@ -88,6 +97,7 @@ def predict_cmd(
         "--async-scheduling): under load a new prompt's first token comes two steps later; "
         "without it vLLM's per-sequence CPU work sits between GPU steps. "
         "Default: the engine's current default (on for those three).", show_default=False)] = None,
+    calibration: CalibrationOpt = None,
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -116,7 +126,7 @@ def predict_cmd(
                            spec_accept_len=spec_accept_len, spec_draft_cost=spec_draft_cost,
                            eager=eager, recv_interval=recv_interval,
                            batch_wait_iters=batch_wait_iters, batch_wait_tokens=batch_wait_tokens,
-                           overlap=overlap)
+                           overlap=overlap, calib=get_calibration(calibration))
     if json_out:
         print_json(p.to_dict())
         return
@@ -175,8 +185,7 @@ def validate_cmd(
         "(default: the bundled set).")] = None,
     cv: Annotated[bool, typer.Option("--cv", help="Leave-one-source-out cross-validation: "
                                      "refit without each source, predict its rows.")] = False,
-    calibration: Annotated[Path | None, typer.Option("--calibration", help="Calibration JSON "
-                           "to use instead of the bundled one.")] = None,
+    calibration: CalibrationOpt = None,
     catalog: CatalogOpt = None,
     report: Annotated[Path | None, typer.Option(
         "--report", help="Also write a self-contained HTML page: predicted vs measured with "
@@ -196,7 +205,6 @@ def validate_cmd(
 
     Example:  moatmeter validate --cv --report cv.html
     """
-    from moatmeter.perf.calibrate import Calibration
     from moatmeter.perf.observations import bundled_observations, read_observations
     from moatmeter.perf.validate import default_jobs, loso_cv, validate_rows
 
@@ -213,8 +221,7 @@ def validate_cmd(
             res = loso_cv(cat, rows, progress=lambda k, n: prog.update(task, completed=k, total=n),
                           details=report is not None, jobs=jobs or default_jobs())
     else:
-        cal = Calibration.load(calibration) if calibration else None
-        res = validate_rows(cat, rows, cal, details=report is not None)
+        res = validate_rows(cat, rows, get_calibration(calibration), details=report is not None)
     if report is not None:
         from moatmeter.report.validation import write_validation_report
 

@@ -10,7 +10,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from moatmeter.cli.common import CatalogOpt, JsonOpt, console, err_console, get_catalog, print_json
+from moatmeter.cli.common import (
+    CalibrationOpt,
+    CatalogOpt,
+    JsonOpt,
+    console,
+    err_console,
+    get_calibration,
+    get_catalog,
+    print_json,
+)
 from moatmeter.errors import InputError
 from moatmeter.fmt import money as _money
 
@@ -98,6 +107,7 @@ def register(app: typer.Typer) -> None:
         report: Annotated[Path | None, typer.Option(
             help="Write a self-contained HTML report here.")] = None,
         json_out: JsonOpt = False,
+        calibration: CalibrationOpt = None,
         catalog: CatalogOpt = None,
     ) -> None:
         from moatmeter.plan import plan
@@ -125,10 +135,11 @@ def register(app: typer.Typer) -> None:
         file = str(scenario) if scenario else "command line"
         scn = _load(scenario, overrides)
         cat = get_catalog(catalog)
+        calib = get_calibration(calibration)
         t0 = time.perf_counter()
         with err_console.status("planning…") as status:
             result = plan(scn, cat, samples=samples, seed=seed, file=file,
-                          progress=lambda msg: status.update(msg))
+                          progress=lambda msg: status.update(msg), calib=calib)
         elapsed = time.perf_counter() - t0
         if report is not None:
             from moatmeter.report.html import write_report

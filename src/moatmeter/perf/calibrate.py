@@ -423,7 +423,10 @@ class Calibration:
             return cls.from_json(obj)
         except FileNotFoundError:
             raise InputError("calibration file not found", file=str(p)) from None
-        except (ValueError, KeyError, TypeError) as exc:
+        except KeyError as exc:
+            raise InputError(f"not a moatmeter calibration file: missing field {exc}",
+                             file=str(p)) from None
+        except (ValueError, TypeError) as exc:
             raise InputError(f"not a moatmeter calibration file ({exc})", file=str(p)) from None
 
 
