@@ -192,6 +192,7 @@ def test_predict_infeasible_is_reported_not_an_error(cli):
     (["--tp", "3", "--count", "3"], ["TP 3 does not divide the 64 attention heads"]),
     (["--input", "-5"], ["--input must be ≥ 0"]),
     (["--dtype", "bf17"], ["unknown weight dtype 'bf17'"]),
+    (["--max-batch", "0"], ["field 'max-batch'", "max batch must be a positive integer, got 0"]),
 ])
 def test_predict_bad_input(cli, args, needles):
     base = dict(zip(PREDICT[1::2], PREDICT[2::2], strict=True))

@@ -271,6 +271,9 @@ def predict_deployment(catalog: Catalog, *, accelerator: str, count: int, tp: in
         raise InputError(f"concurrency must be ≥ 1, got {concurrency}", field="concurrency")
     if rate is not None and not (rate > 0):
         raise InputError(f"rate must be > 0 req/s, got {rate}", field="rate")
+    if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+        raise InputError(f"max batch must be a positive integer, got {max_batch}",
+                         field="max-batch")
     if not isinstance(recv_interval, int) or recv_interval < 1:
         raise InputError(f"recv interval must be a positive integer, got {recv_interval}",
                          field="recv-interval")
