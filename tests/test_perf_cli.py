@@ -344,7 +344,10 @@ def test_predict_and_plan_read_a_calibration_file(cli, tmp_path, monkeypatch):
     def goodputs(*extra: str) -> dict[str, float]:
         p = cli("plan", str(scn), "--json", "--samples", "200", "--sovereign", *extra)
         assert p.returncode == 0, p.stderr
-        return {o["id"]: o["goodput_rps_per_replica"] for o in json.loads(p.stdout)["options"]}
+        d = json.loads(p.stdout)
+        given = [n for n in d["notes"] if "calibration file given" in n]
+        assert len(given) == (1 if extra else 0), d["notes"]
+        return {o["id"]: o["goodput_rps_per_replica"] for o in d["options"]}
 
     a, b = goodputs(), goodputs("--calibration", str(slow))
     vllm = [k for k in a if "vllm-cuda" in k]
@@ -352,6 +355,8 @@ def test_predict_and_plan_read_a_calibration_file(cli, tmp_path, monkeypatch):
     assert vllm and other and set(a) == set(b)
     assert all(b[k] < a[k] for k in vllm)  # the file's slower vllm-cuda
     assert all(b[k] == a[k] for k in other)  # the rest as bundled
+    txt = cli("plan", str(scn), "--samples", "200", "--sovereign", "--calibration", str(slow))
+    assert txt.returncode == 0 and "note: performance from a calibration file given" in txt.stdout
     bad = cli("plan", str(scn), "--calibration", str(tmp_path / "none.json"))
     assert bad.returncode == 2 and "none.json: calibration file not found" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1

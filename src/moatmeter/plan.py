@@ -248,6 +248,11 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
     avg, peak = t.avg_rps, t.peak_rps
     rej: list[Rejection] = []
     notes: list[str] = []
+    if calib is not None:
+        n_rows = sum(calib.counts.get("pair", {}).values())
+        notes.append(f"performance from a calibration file given instead of the bundled one "
+                     f"(fitted {calib.meta.get('fitted', 'on an unknown date')}, "
+                     f"{n_rows} observation(s))")
 
     # Parameters: required catalog rows, site rows (scenario or cited default), estimates.
     ps = ParamSet()

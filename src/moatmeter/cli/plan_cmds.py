@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
             out.print(f"P({c['a']} cheaper than {c['b']}) = {c['p_a_beats_b']:.2f}{note}",
                       highlight=False, markup=False)
         for n in result.notes:
-            if n.startswith("speculative decoding"):
+            if n.startswith(("speculative decoding", "performance from a calibration file")):
                 out.print(f"note: {n}", highlight=False, markup=False)
         if report is not None:
             out.print(f"report: {report}")
