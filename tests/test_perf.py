@@ -384,9 +384,37 @@ def test_a_class_or_format_the_pair_never_ran_widens_the_band():
     assert fp8.sigma == pytest.approx(NEW_CLASS_WIDEN * known.sigma)
     assert mla.sigma == pytest.approx(NEW_CLASS_WIDEN * known.sigma)
     assert both.sigma == pytest.approx(NEW_CLASS_WIDEN * known.sigma)  # widened once, not twice
-    assert "none with fp8 weights: uncertainty widened" in fp8.note
-    assert "none with mla-moe models: uncertainty widened" in mla.note
+    assert "none with fp8 weights: the pair's own offsets left out, uncertainty widened" \
+        in fp8.note
+    assert "none with mla-moe models: the pair's own offsets left out" in mla.note
     assert "none with mla-moe models or fp8 weights" in both.note
+
+
+def test_a_class_or_format_new_to_the_pair_leaves_out_the_pairs_own_offsets():
+    """Held out, a pair's offsets learnt on other classes and formats predicted a new one worse
+    than the levels above them (calibrate.NEW_TO_PAIR_DROPS): a format the pair never ran does not
+    move with them, one it ran does, and every other level still applies to both."""
+    from moatmeter.perf.calibrate import NEW_TO_PAIR_DROPS
+
+    assert set(NEW_TO_PAIR_DROPS) == {"pair", "pair_arch", "pair_dtype"}
+    cal = Calibration.from_json(default_calibration().to_json())
+    cal.counts["pair_dtype"].pop("vllm-cuda|Hopper|fp8")
+    args = ("vllm-cuda", "vLLM", "Hopper", "nvidia/gpu/datacenter")
+    before = {d: cal.lookup(*args, arch="dense", dclass=d) for d in ("bf16", "fp8")}
+    moved = Calibration.from_json(cal.to_json())
+    for lv, key in (("pair", "vllm-cuda|Hopper"), ("pair_arch", "vllm-cuda|Hopper|dense")):
+        c, m, o = moved.offsets[lv][key]
+        moved.offsets[lv][key] = [c - 1.0, m - 1.0, o + 1.0]
+    after = {d: moved.lookup(*args, arch="dense", dclass=d) for d in before}
+    assert after["bf16"].eff_compute < before["bf16"].eff_compute  # a format it ran: moves
+    assert after["bf16"].overhead_s == pytest.approx(before["bf16"].overhead_s * math.e ** 2)
+    assert after["fp8"].eff_compute == before["fp8"].eff_compute  # new to the pair: does not
+    assert after["fp8"].overhead_s == before["fp8"].overhead_s
+    # the stack's own level still reaches the format new to the pair
+    c, m, o = moved.offsets["stack"]["vllm-cuda"]
+    moved.offsets["stack"]["vllm-cuda"] = [c, m, o + 1.0]
+    assert moved.lookup(*args, arch="dense", dclass="fp8").overhead_s == pytest.approx(
+        before["fp8"].overhead_s * math.e)
 
 
 def test_unknown_ids_raise_one_line_errors():

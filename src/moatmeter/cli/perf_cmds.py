@@ -308,12 +308,13 @@ def calibrate_cmd(
         print_json(summary)
         return
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False,
-              title="fitted efficiencies per stack|family (dense models, 16-bit weights)")
-    for c in ("pair", "eff compute", "eff memory", "overhead ms", "σ", "n"):
-        t.add_column(c, justify="left" if c == "pair" else "right")
+              title="fitted efficiencies per stack|family (its most-measured model class and "
+                    "weight format)")
+    for c in ("pair", "class", "format", "eff compute", "eff memory", "overhead ms", "σ", "n"):
+        t.add_column(c, justify="left" if c in ("pair", "class", "format") else "right")
     for k, v in summary["pairs"].items():
-        t.add_row(k, f"{v['eff_compute']:.3f}", f"{v['eff_memory']:.3f}", f"{v['overhead_ms']:.2f}",
-                  f"{v['sigma']:.2f}", str(v["n"]))
+        t.add_row(k, v["arch"], v["dtype"], f"{v['eff_compute']:.3f}", f"{v['eff_memory']:.3f}",
+                  f"{v['overhead_ms']:.2f}", f"{v['sigma']:.2f}", str(v["n"]))
     console.print(t)
     console.print(f"wrote {dest}: {summary['modelled']} rows modelled, {len(fitted.skipped)} "
                   f"skipped; in-sample median APE {_pct(summary['in_sample_median_ape'])}, p90 "

@@ -7,6 +7,7 @@ efficiencies, log for the overhead):
 
     z(stack, family) = global + line + family + engine + stack + (stack, family) + arch
                        + (stack, family, arch) + (stack, family, dtype) + (family, dtype)
+                       + (family, arch) + dtype
 
 (``line`` is the product line — vendor, device type, datacenter or client — so that an unseen
 Gaudi generation borrows from Gaudi, not from Arc; ``arch`` is the model's class: dense, moe,
@@ -15,7 +16,9 @@ or weight-only.)
 
 Each level is an offset with a zero-mean Gaussian prior (ridge), so a pair with no data inherits
 what its engine, its stack on other families and its family under other stacks say — the "nearest
-family" fallback — and the note says so, with a wider uncertainty. The fit is
+family" fallback — and the note says so, with a wider uncertainty. A pair that has data, but
+none for the model's architecture class or weight format, predicts it without its own offsets
+(``NEW_TO_PAIR_DROPS``): they were learnt on the classes and formats it did run. The fit is
 ``scipy.optimize.least_squares`` on log(predicted / measured) with a soft-L1 loss (a few published
 figures are outliers), plus the prior residuals; the Jacobian's sparsity is given so finite
 differences stay cheap.
@@ -120,6 +123,14 @@ SIGMA_SCALE = 1.1
 # or weight format (FP8, FP4, weight-only): its efficiencies for them come from the class's or
 # format's offsets on other stacks and families.
 NEW_CLASS_WIDEN = 2.0
+# The pair's own offsets that a prediction leaves out when the pair has data, but none for the
+# row's architecture class or weight format. They were learnt on what the pair did run, with
+# those documents' software versions and harnesses, and they do not carry over to a class or a
+# format it did not: the prediction then rests on the stack's, the engine's and the family's
+# levels and on the class's and the format's own offsets (on the family and everywhere).
+# (One held-out document may be new to its pair in this way while the pair's other documents ran
+# another format: SGLang's Qwen3-235B in bf16 on B200 beside its gpt-oss in MXFP4.)
+NEW_TO_PAIR_DROPS: tuple[str, ...] = ("pair", "pair_arch", "pair_dtype")
 # The P10-P90 bands are multiples of ``sigma``, each the smallest in steps of 0.1 that puts at
 # least 80 % of held-out values inside on both held-out sets of the nineteenth pass: the
 # leave-one-source-out cross-validation (benchmarks/calibration_cv.py, 1,018 rows from 98
@@ -304,9 +315,11 @@ class Calibration:
     def z(self, stack: str, engine: str, family: str, line: str, arch: str = "dense",
           when: float | None = None, dclass: str = "bf16") -> np.ndarray:
         keys = level_keys(line, family, engine, stack, arch, dclass)
+        drop = NEW_TO_PAIR_DROPS if self.new_to_pair(keys) else ()
         z = np.array(self.global_z, float)
         for lv, k in keys.items():
-            z = z + np.array(self.offsets.get(lv, {}).get(k, [0.0, 0.0, 0.0]), float)
+            if lv not in drop:
+                z = z + np.array(self.offsets.get(lv, {}).get(k, [0.0, 0.0, 0.0]), float)
         tk = trend_key(arch, engine)
         slope = self.offsets.get("trend", {}).get(tk or "", [0.0, 0.0, 0.0])
         t = self.newest if when is None or not math.isfinite(when) else when
@@ -314,6 +327,14 @@ class Calibration:
         # at most TREND_REACH years beyond the dates that engine was measured on for that class
         t = min(max(t, lo - TREND_REACH), hi + TREND_REACH)
         return z + np.array(slope, float) * (t - TREND_REF)
+
+    def new_to_pair(self, keys: dict[str, str]) -> list[str]:
+        """The levels among (pair, class) and (pair, format) that have no row for ``keys`` while
+        the pair has some (a calibration file without a level's counts says nothing about it)."""
+        if not self.counts.get("pair", {}).get(keys["pair"], 0):
+            return []
+        return [lv for lv in ("pair_arch", "pair_dtype")
+                if self.counts.get(lv) and not self.counts[lv].get(keys[lv], 0)]
 
     def lookup(self, stack: str, engine: str, family: str, line: str, arch: str = "dense",
                when: float | None = None, dclass: str = "bf16") -> Efficiency:
@@ -354,15 +375,12 @@ class Calibration:
             src = "; ".join(known) if known else "the priors only"
             note = (f"fallback: no observations of {stack} on {family}; from {src}; "
                     f"uncertainty widened")
-        keys = level_keys(line, family, engine, stack, arch, dclass)
-        if n_pair > 0:
-            # (a calibration file without the level's counts says nothing either way)
-            unseen = [what for lv, what in (("pair_arch", f"{arch} models"),
-                                            ("pair_dtype", f"{dclass} weights"))
-                      if self.counts.get(lv) and not self.counts[lv].get(keys[lv], 0)]
-            if unseen:
-                sig *= NEW_CLASS_WIDEN
-                note += f" (none with {' or '.join(unseen)}: uncertainty widened)"
+        new = self.new_to_pair(level_keys(line, family, engine, stack, arch, dclass))
+        if new:
+            what = {"pair_arch": f"{arch} models", "pair_dtype": f"{dclass} weights"}
+            sig *= NEW_CLASS_WIDEN
+            note += (f" (none with {' or '.join(what[lv] for lv in new)}: the pair's own offsets "
+                     "left out, uncertainty widened)")
         arch_n = self.counts.get("arch", {})
         if not arch_n.get(arch, 0) and any(arch_n.values()):
             sig = sig * 1.3
@@ -374,21 +392,32 @@ class Calibration:
     def to_json(self) -> dict[str, Any]:
         return {"model": "logit eff_c, logit eff_m, log overhead_ms = global + "
                 + " + ".join(LEVELS),
-                "pairs_note": "pairs: efficiencies for dense models with 16-bit weights",
+                "pairs_note": "pairs: efficiencies for each pair's most-measured architecture "
+                              "class and weight format",
                 "global_z": self.global_z, "offsets": self.offsets, "sigma": self.sigma,
                 "counts": self.counts, "global_sigma": self.global_sigma, "meta": self.meta,
                 "pairs": self.pair_table()}
 
-    def pair_table(self) -> dict[str, dict[str, float]]:
-        """Human-readable efficiencies of every pair that had data (for `calibrate` output)."""
-        out = {}
+    def pair_table(self) -> dict[str, dict[str, Any]]:
+        """Human-readable efficiencies of every pair that had data (for `calibrate` output), each
+        for the architecture class and weight format it was measured with most (a class or format
+        new to the pair would show the fallback that ``NEW_TO_PAIR_DROPS`` makes, not its fit)."""
+        out: dict[str, dict[str, Any]] = {}
         for pk, n in sorted(self.counts.get("pair", {}).items()):
             info = self.meta.get("pair_info", {}).get(pk)
             if not info:
                 continue
+
+            def most(lv: str, default: str, pk: str = pk) -> str:
+                seen = {k[len(pk) + 1:]: c for k, c in self.counts.get(lv, {}).items()
+                        if k.startswith(pk + "|") and c}
+                return max(sorted(seen), key=lambda k: seen[k]) if seen else default
+
+            arch, dclass = most("pair_arch", "dense"), most("pair_dtype", "bf16")
             e = self.lookup(pk.split("|")[0], info["engine"], pk.split("|")[1], info["line"],
-                            "dense")
-            out[pk] = {"eff_compute": round(e.eff_compute, 4), "eff_memory": round(e.eff_memory, 4),
+                            arch, dclass=dclass)
+            out[pk] = {"arch": arch, "dtype": dclass,
+                       "eff_compute": round(e.eff_compute, 4), "eff_memory": round(e.eff_memory, 4),
                        "overhead_ms": round(e.overhead_s * 1e3, 3), "sigma": round(e.sigma, 4),
                        "n": n}
         return out
