@@ -225,6 +225,11 @@ def _site_param(ps: ParamSet, cat: Catalog, name: str, given: Any, default_id: s
     return require(cat, ps, default_id)
 
 
+# How a plan's notes begin when a user's calibration file replaced the bundled one (the terminal
+# output picks the note out by it).
+CALIBRATION_FILE_NOTE = "performance from a calibration file given instead of the bundled one"
+
+
 def resolve_model(scn: Scenario, cat: Catalog, file: str = "scenario"):
     return _resolve_model(scn, cat, file=file)
 
@@ -250,9 +255,8 @@ def plan(scn: Scenario, catalog: Catalog, *, samples: int = 10_000, seed: int = 
     notes: list[str] = []
     if calib is not None:
         n_rows = sum(calib.counts.get("pair", {}).values())
-        notes.append(f"performance from a calibration file given instead of the bundled one "
-                     f"(fitted {calib.meta.get('fitted', 'on an unknown date')}, "
-                     f"{n_rows} observation(s))")
+        fitted = calib.meta.get("fitted", "on an unknown date")
+        notes.append(f"{CALIBRATION_FILE_NOTE} (fitted {fitted}, {n_rows} observation(s))")
 
     # Parameters: required catalog rows, site rows (scenario or cited default), estimates.
     ps = ParamSet()

@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
         calibration: CalibrationOpt = None,
         catalog: CatalogOpt = None,
     ) -> None:
-        from moatmeter.plan import plan
+        from moatmeter.plan import CALIBRATION_FILE_NOTE, plan
 
         overrides = {
             "model": model, "traffic.requests_per_s": requests_per_s,
@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
             out.print(f"P({c['a']} cheaper than {c['b']}) = {c['p_a_beats_b']:.2f}{note}",
                       highlight=False, markup=False)
         for n in result.notes:
-            if n.startswith(("speculative decoding", "performance from a calibration file")):
+            if n.startswith(("speculative decoding", CALIBRATION_FILE_NOTE)):
                 out.print(f"note: {n}", highlight=False, markup=False)
         if report is not None:
             out.print(f"report: {report}")
