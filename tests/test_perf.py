@@ -384,8 +384,8 @@ def test_a_class_or_format_the_pair_never_ran_widens_the_band():
     assert fp8.sigma == pytest.approx(NEW_CLASS_WIDEN * known.sigma)
     assert mla.sigma == pytest.approx(NEW_CLASS_WIDEN * known.sigma)
     assert both.sigma == pytest.approx(NEW_CLASS_WIDEN * known.sigma)  # widened once, not twice
-    assert "none with fp8 weights: the pair's own offsets left out, uncertainty widened" \
-        in fp8.note
+    assert ("none with fp8 weights: the pair's own efficiencies left out, its per-step overhead "
+            "kept, uncertainty widened") in fp8.note
     assert "none with mla-moe models: the pair's own offsets left out" in mla.note
     assert "none with mla-moe models or fp8 weights" in both.note
 
@@ -393,7 +393,7 @@ def test_a_class_or_format_the_pair_never_ran_widens_the_band():
 def test_a_class_or_format_new_to_the_pair_leaves_out_the_pairs_own_offsets():
     """Held out, a pair's offsets learnt on other classes and formats predicted a new one worse
     than the levels above them (calibrate.NEW_TO_PAIR_DROPS): a format the pair never ran does not
-    move with them, one it ran does, and every other level still applies to both."""
+    move with their efficiencies, one it ran does, and every other level still applies to both."""
     from moatmeter.perf.calibrate import NEW_TO_PAIR_DROPS
 
     assert set(NEW_TO_PAIR_DROPS) == {"pair", "pair_arch", "pair_dtype"}
@@ -409,12 +409,20 @@ def test_a_class_or_format_new_to_the_pair_leaves_out_the_pairs_own_offsets():
     assert after["bf16"].eff_compute < before["bf16"].eff_compute  # a format it ran: moves
     assert after["bf16"].overhead_s == pytest.approx(before["bf16"].overhead_s * math.e ** 2)
     assert after["fp8"].eff_compute == before["fp8"].eff_compute  # new to the pair: does not
-    assert after["fp8"].overhead_s == before["fp8"].overhead_s
+    assert after["fp8"].eff_memory == before["fp8"].eff_memory
+    # ... but the per-step overhead of the class the pair ran does (calibrate.NEW_FORMAT_KEEPS)
+    assert after["fp8"].overhead_s == pytest.approx(before["fp8"].overhead_s * math.e ** 2)
+    # a class new to the pair keeps none of them
+    cal.counts["pair_arch"].pop("vllm-cuda|Hopper|mla-moe")
+    moved.counts["pair_arch"].pop("vllm-cuda|Hopper|mla-moe")
+    mla_before, mla_after = (c.lookup(*args, arch="mla-moe", dclass="bf16") for c in (cal, moved))
+    assert mla_after.overhead_s == mla_before.overhead_s
+    assert mla_after.eff_compute == mla_before.eff_compute
     # the stack's own level still reaches the format new to the pair
     c, m, o = moved.offsets["stack"]["vllm-cuda"]
     moved.offsets["stack"]["vllm-cuda"] = [c, m, o + 1.0]
     assert moved.lookup(*args, arch="dense", dclass="fp8").overhead_s == pytest.approx(
-        before["fp8"].overhead_s * math.e)
+        after["fp8"].overhead_s * math.e)
 
 
 def test_unknown_ids_raise_one_line_errors():

@@ -18,7 +18,8 @@ Each level is an offset with a zero-mean Gaussian prior (ridge), so a pair with 
 what its engine, its stack on other families and its family under other stacks say — the "nearest
 family" fallback — and the note says so, with a wider uncertainty. A pair that has data, but
 none for the model's architecture class or weight format, predicts it without its own offsets
-(``NEW_TO_PAIR_DROPS``): they were learnt on the classes and formats it did run. The fit is
+(``NEW_TO_PAIR_DROPS``): they were learnt on the classes and formats it did run; a format new
+to a class the pair ran keeps the pair's per-step overhead (``NEW_FORMAT_KEEPS``). The fit is
 ``scipy.optimize.least_squares`` on log(predicted / measured) with a soft-L1 loss (a few published
 figures are outliers), plus the prior residuals; the Jacobian's sparsity is given so finite
 differences stay cheap.
@@ -135,6 +136,16 @@ NEW_CLASS_WIDEN = 2.0
 # alone 163; all three x0.5 162; all three 160 (median 13.7 -> 13.0 %; on the 133 rows 23.8 ->
 # 16.3 %). InferenceX #3317 loses by it (10 -> 18 rows), the SGLang Qwen3 page gains (15 -> 6).
 NEW_TO_PAIR_DROPS: tuple[str, ...] = ("pair", "pair_arch", "pair_dtype")
+# Of those offsets, the components (compute, memory, overhead) a pair keeps when only the weight
+# format is new to it, its architecture class is not: the per-step overhead (kernel launches,
+# scheduling, the collectives of each layer) is the stack's on that chip for that class, whatever
+# format the weights are in; the efficiencies are the format's kernels'. (InferenceX #3317 ran
+# TensorRT-LLM's DeepSeek-R1 in FP8 on B200, where the pair's other documents ran it in FP4: both
+# decode one sequence in ~9 ms, and without the pair's overhead the held-out TPOT came out 2x.)
+# Chosen by leave-one-source-out CV on the 1,248-row set (rows beyond 35 %; the 103 rows whose
+# format alone is new to their pair change): keep none 160 (median 13.0 %); the overhead 153
+# (13.5 %); memory and overhead 154; all three, i.e. drop only for a new class, 163.
+NEW_FORMAT_KEEPS: tuple[float, float, float] = (0.0, 0.0, 1.0)
 # The P10-P90 bands are multiples of ``sigma``, each the smallest in steps of 0.1 that puts at
 # least 80 % of held-out values inside on both held-out sets of the nineteenth pass: the
 # leave-one-source-out cross-validation (benchmarks/calibration_cv.py, 1,018 rows from 98
@@ -319,11 +330,15 @@ class Calibration:
     def z(self, stack: str, engine: str, family: str, line: str, arch: str = "dense",
           when: float | None = None, dclass: str = "bf16") -> np.ndarray:
         keys = level_keys(line, family, engine, stack, arch, dclass)
-        drop = NEW_TO_PAIR_DROPS if self.new_to_pair(keys) else ()
+        new = self.new_to_pair(keys)
+        drop = NEW_TO_PAIR_DROPS if new else ()
+        # the share of a dropped offset that still applies (its overhead when only the format
+        # is new to the pair)
+        kept = np.array(NEW_FORMAT_KEEPS if new == ["pair_dtype"] else (0.0, 0.0, 0.0))
         z = np.array(self.global_z, float)
         for lv, k in keys.items():
-            if lv not in drop:
-                z = z + np.array(self.offsets.get(lv, {}).get(k, [0.0, 0.0, 0.0]), float)
+            off = np.array(self.offsets.get(lv, {}).get(k, [0.0, 0.0, 0.0]), float)
+            z = z + (off * kept if lv in drop else off)
         tk = trend_key(arch, engine)
         slope = self.offsets.get("trend", {}).get(tk or "", [0.0, 0.0, 0.0])
         t = self.newest if when is None or not math.isfinite(when) else when
@@ -383,8 +398,11 @@ class Calibration:
         if new:
             what = {"pair_arch": f"{arch} models", "pair_dtype": f"{dclass} weights"}
             sig *= NEW_CLASS_WIDEN
-            note += (f" (none with {' or '.join(what[lv] for lv in new)}: the pair's own offsets "
-                     "left out, uncertainty widened)")
+            left = ("the pair's own efficiencies left out, its per-step overhead kept"
+                    if new == ["pair_dtype"] and NEW_FORMAT_KEEPS[2] else
+                    "the pair's own offsets left out")
+            note += (f" (none with {' or '.join(what[lv] for lv in new)}: {left}, "
+                     "uncertainty widened)")
         arch_n = self.counts.get("arch", {})
         if not arch_n.get(arch, 0) and any(arch_n.values()):
             sig = sig * 1.3
