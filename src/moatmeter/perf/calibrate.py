@@ -122,8 +122,12 @@ SIGMA_FLOOR = 0.08
 SIGMA_SCALE = 1.1
 # sigma multiple for a pair that has data, but none for the row's architecture class (MoE, MLA)
 # or weight format (FP8, FP4, weight-only): its efficiencies for them come from the class's or
-# format's offsets on other stacks and families.
-NEW_CLASS_WIDEN = 2.0
+# format's offsets on other stacks and families. 2.0 until the thirty-first pass; with the pair's
+# own offsets left out (``NEW_TO_PAIR_DROPS``, ``NEW_FORMAT_KEEPS``) those 133 held-out rows
+# (1,248-row set) fell inside their band 98 % of the time against 90 % for the rest; 1.5 puts
+# them at 92 % (the band multiples below, which the external test binds, leave every group above
+# 80 %).
+NEW_CLASS_WIDEN = 1.5
 # The pair's own offsets that a prediction leaves out when the pair has data, but none for the
 # row's architecture class or weight format. They were learnt on what the pair did run, with
 # those documents' software versions and harnesses, and they do not carry over to a class or a
