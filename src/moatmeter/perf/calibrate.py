@@ -273,6 +273,13 @@ def dtype_class(weight_dtype: str) -> str:
     return "mxfp4" if d == "mxfp4" else DTYPE_CLASS.get(d, "bf16")
 
 
+def kept_of_dropped(new: list[str]) -> tuple[float, float, float]:
+    """The share of each dropped offset (compute, memory, overhead) that still applies, given
+    the levels ``Calibration.new_to_pair`` found new: ``NEW_FORMAT_KEEPS`` when only the format
+    is, nothing when the class is."""
+    return NEW_FORMAT_KEEPS if new == ["pair_dtype"] else (0.0, 0.0, 0.0)
+
+
 def level_keys(line: str, family: str, engine: str, stack: str, arch: str, dclass: str
                ) -> dict[str, str]:
     """The key of each level for one (stack, family, arch, format): shared by fit and lookup."""
@@ -336,9 +343,7 @@ class Calibration:
         keys = level_keys(line, family, engine, stack, arch, dclass)
         new = self.new_to_pair(keys)
         drop = NEW_TO_PAIR_DROPS if new else ()
-        # the share of a dropped offset that still applies (its overhead when only the format
-        # is new to the pair)
-        kept = np.array(NEW_FORMAT_KEEPS if new == ["pair_dtype"] else (0.0, 0.0, 0.0))
+        kept = np.array(kept_of_dropped(new))
         z = np.array(self.global_z, float)
         for lv, k in keys.items():
             off = np.array(self.offsets.get(lv, {}).get(k, [0.0, 0.0, 0.0]), float)
@@ -403,8 +408,7 @@ class Calibration:
             what = {"pair_arch": f"{arch} models", "pair_dtype": f"{dclass} weights"}
             sig *= NEW_CLASS_WIDEN
             left = ("the pair's own efficiencies left out, its per-step overhead kept"
-                    if new == ["pair_dtype"] and NEW_FORMAT_KEEPS[2] else
-                    "the pair's own offsets left out")
+                    if kept_of_dropped(new)[2] else "the pair's own offsets left out")
             note += (f" (none with {' or '.join(what[lv] for lv in new)}: {left}, "
                      "uncertainty widened)")
         arch_n = self.counts.get("arch", {})
